@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class AvengersWebConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "avengers_web"
+    verbose_name = "Platform"

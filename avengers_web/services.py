@@ -1,0 +1,59 @@
+"""Platform services: API tokens and the activity log."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from django.utils import timezone
+
+from avengers_web.models import Activity, ApiToken
+
+TOKEN_PREFIX = "avk_"
+
+
+def hash_token(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@transaction.atomic
+def api_token_create(*, user: AbstractBaseUser, name: str = "", key: str | None = None) -> tuple[ApiToken, str]:
+    """Create a token for ``user``; return it with its plain key, which is shown this once."""
+    key = key or TOKEN_PREFIX + secrets.token_urlsafe(32)
+    if len(key) < 16:
+        raise ValueError("an API token must be at least 16 characters long")
+    existing = ApiToken.objects.filter(key_hash=hash_token(key)).first()
+    if existing is not None:
+        if existing.user_id != user.pk:
+            raise ValueError("that token already belongs to another user")
+        if existing.revoked_at is not None:
+            existing.revoked_at = None
+            existing.save(update_fields=["revoked_at"])
+        return existing, key
+    token = ApiToken.objects.create(user=user, name=name, key_hash=hash_token(key), prefix=key[:8])
+    activity_record(actor=user, verb="created an API token", target=token.prefix + "…")
+    return token, key
+
+
+def api_token_authenticate(key: str) -> ApiToken | None:
+    """Return the live token for ``key``, recording its use, or None."""
+    token = (
+        ApiToken.objects.select_related("user")
+        .filter(key_hash=hash_token(key), revoked_at__isnull=True, user__is_active=True)
+        .first()
+    )
+    if token is not None:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token
+
+
+def api_token_revoke(*, token: ApiToken) -> None:
+    ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def activity_record(
+    *, actor: AbstractBaseUser | AnonymousUser | None, verb: str, target: str, url: str = ""
+) -> Activity:
+    user = actor if actor is not None and actor.is_authenticated else None
+    return Activity.objects.create(actor=user, verb=verb, target=target[:300], url=url)

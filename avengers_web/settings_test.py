@@ -1,0 +1,17 @@
+"""Test settings: the real embedded PostgreSQL in its own folder, a fast password hasher."""
+from __future__ import annotations
+
+import os
+
+# Tests get their own embedded server so they never touch the demo's data.
+os.environ.setdefault("AVENGERS_DATA_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".data", "test"))
+
+from avengers_web.settings import *  # noqa: E402,F401,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Unit tests run tasks in-process; the integration tests start a real worker over Redis instead.
+CELERY_TASK_ALWAYS_EAGER = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

@@ -1,0 +1,32 @@
+"""URL map: dashboard pages, the REST API under /api/v1/, its OpenAPI schema, and the admin."""
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from avengers_web import views
+from evaluation import views as evaluation_views
+
+urlpatterns = [
+    path("", views.overview, name="overview"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("tokens/", views.token_list, name="tokens"),
+    path("tokens/<int:pk>/revoke/", views.token_revoke, name="token-revoke"),
+    path("datasets/", evaluation_views.dataset_list, name="dataset-list"),
+    path("datasets/upload/", evaluation_views.dataset_upload, name="dataset-upload"),
+    path("datasets/<int:pk>/", evaluation_views.dataset_detail, name="dataset-detail"),
+    path("imports/<int:pk>/", evaluation_views.import_detail, name="import-detail"),
+    path("models/", evaluation_views.model_list, name="model-list"),
+    path("models/new/", evaluation_views.model_create, name="model-create"),
+    path("models/<int:pk>/", evaluation_views.model_detail, name="model-detail"),
+    path("models/<int:pk>/edit/", evaluation_views.model_edit, name="model-edit"),
+    path("models/<int:pk>/toggle-active/", evaluation_views.model_toggle_active, name="model-toggle-active"),
+    path("models/<int:pk>/test-connection/", evaluation_views.model_test_connection, name="model-test-connection"),
+    path("api/v1/", include("evaluation.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+]

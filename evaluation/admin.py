@@ -1,0 +1,81 @@
+"""Django admin for every evaluation table, with filters and search."""
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.http import HttpRequest
+
+from evaluation.models import Dataset, DatasetImport, LanguageModel, ModelResponse, Query, QueryEmbedding
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ["name", "split_seed", "created_by", "created_at", "updated_at"]
+    search_fields = ["name", "description", "source"]
+    list_filter = ["created_at"]
+
+
+@admin.register(Query)
+class QueryAdmin(admin.ModelAdmin):
+    list_display = ["external_id", "dataset", "split", "task_type", "category", "short_text"]
+    list_filter = ["split", "task_type", "split_source", "dataset"]
+    search_fields = ["external_id", "text", "gold", "category"]
+    raw_id_fields = ["dataset", "dataset_import"]
+    list_select_related = ["dataset"]
+
+    @admin.display(description="text")
+    def short_text(self, obj: Query) -> str:
+        return obj.text[:80]
+
+
+@admin.register(QueryEmbedding)
+class QueryEmbeddingAdmin(admin.ModelAdmin):
+    list_display = ["query", "embedder", "dimensions", "created_at"]
+    list_filter = ["embedder", "dimensions"]
+    search_fields = ["query__external_id", "query__text"]
+    raw_id_fields = ["query"]
+    exclude = ["vector"]
+
+
+class LanguageModelAdminForm(forms.ModelForm):
+    api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
+                              help_text="Leave empty to keep the current key.")
+
+    class Meta:
+        model = LanguageModel
+        fields = "__all__"
+
+    def clean_api_key(self) -> str:
+        value = self.cleaned_data.get("api_key") or ""
+        return value or (self.instance.api_key if self.instance.pk else "")
+
+
+@admin.register(LanguageModel)
+class LanguageModelAdmin(admin.ModelAdmin):
+    form = LanguageModelAdminForm
+    list_display = ["name", "base_url", "served_model_id", "is_active", "max_concurrency", "last_check_ok"]
+    list_filter = ["is_active", "last_check_ok", ("base_url", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "served_model_id", "base_url", "description"]
+    readonly_fields = ["last_checked_at", "last_check_ok", "last_check_message", "created_at", "updated_at"]
+
+
+@admin.register(ModelResponse)
+class ModelResponseAdmin(admin.ModelAdmin):
+    list_display = ["model", "query", "sample_index", "source", "score", "correct", "finish_reason", "created_at"]
+    list_filter = ["source", "correct", "model", "query__dataset", "query__split"]
+    search_fields = ["query__external_id", "text", "extracted", "error"]
+    raw_id_fields = ["query", "model"]
+    list_select_related = ["model", "query"]
+
+
+@admin.register(DatasetImport)
+class DatasetImportAdmin(admin.ModelAdmin):
+    list_display = ["id", "filename", "status", "processed_lines", "total_lines", "created_by", "created_at"]
+    list_filter = ["status", "created_at"]
+    search_fields = ["filename", "sha256", "message"]
+    exclude = ["payload"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in DatasetImport._meta.fields if f.name != "payload"]

@@ -1,0 +1,256 @@
+"""REST API for datasets, imports and model endpoints: parse input, call one service, shape output."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from avengers_web.api import FileValidationError, Pagination
+from evaluation import selectors, services
+from evaluation.core.datasets import DatasetFileError
+from evaluation.core.sampling import ALLOWED_PARAMS
+from evaluation.models import Dataset, LanguageModel, Query
+
+
+def _paginate(request: Request, view: APIView, items: Any, serializer: type[serializers.Serializer]) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(items, request, view=view)
+    return paginator.get_paginated_response(serializer(page, many=True).data)
+
+
+class DatasetOutput(serializers.ModelSerializer):
+    n_queries = serializers.IntegerField(read_only=True)
+    n_train = serializers.IntegerField(read_only=True)
+    n_test = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "description", "source", "split_seed", "test_fraction", "n_queries", "n_train",
+                  "n_test", "created_at", "updated_at"]
+
+
+class ImportSummaryOutput(serializers.Serializer):
+    format = serializers.CharField()
+    datasets = inline_serializer("ImportedDataset", {
+        "name": serializers.CharField(), "id": serializers.IntegerField(), "created": serializers.BooleanField(),
+        "queries_added": serializers.IntegerField(), "queries_existing": serializers.IntegerField(),
+        "train_added": serializers.IntegerField(), "test_added": serializers.IntegerField(),
+    }, many=True)
+    queries_added = serializers.IntegerField()
+    queries_existing = serializers.IntegerField()
+    models_created = serializers.ListField(child=serializers.CharField())
+    responses_added = serializers.IntegerField()
+    responses_existing = serializers.IntegerField()
+
+
+class DatasetListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        file = serializers.FileField(help_text="JSON Lines or CSV; the records format is read in full.")
+        name = serializers.CharField(required=False, allow_blank=True, max_length=100,
+                                     help_text="Dataset for lines without a dataset column.")
+        split_seed = serializers.IntegerField(required=False, help_text="Seed of the 70/30 split of new datasets.")
+
+    @extend_schema(operation_id="datasets_list", responses=DatasetOutput(many=True))
+    def get(self, request: Request) -> Response:
+        return _paginate(request, self, selectors.dataset_list(), DatasetOutput)
+
+    @extend_schema(operation_id="datasets_import", request={"multipart/form-data": InputSerializer},
+                   responses={201: ImportSummaryOutput})
+    def post(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["file"]
+        try:
+            summary = services.dataset_import_file(
+                data=upload.read(), filename=upload.name or "", default_name=serializer.validated_data.get("name", ""),
+                split_seed=serializer.validated_data.get("split_seed"), user=request.user,
+            )
+        except DatasetFileError as exc:
+            raise FileValidationError("file", [p.as_dict() for p in exc.problems], str(exc)) from None
+        return Response(ImportSummaryOutput(summary.as_dict()).data, status=status.HTTP_201_CREATED)
+
+
+class DatasetDetailApi(APIView):
+    class OutputSerializer(DatasetOutput):
+        stats = serializers.SerializerMethodField()
+
+        class Meta(DatasetOutput.Meta):
+            fields = [*DatasetOutput.Meta.fields, "metadata", "stats"]
+
+        def get_stats(self, obj: Dataset) -> dict[str, Any]:
+            return selectors.dataset_stats(obj)
+
+    @extend_schema(operation_id="datasets_retrieve", responses=OutputSerializer)
+    def get(self, request: Request, pk: int) -> Response:
+        dataset = selectors.dataset_get(pk)
+        if dataset is None:
+            raise Http404
+        return Response(self.OutputSerializer(dataset).data)
+
+
+class QueryOutput(serializers.ModelSerializer):
+    scores = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Query
+        fields = ["id", "external_id", "text", "gold", "task_type", "category", "split", "split_source",
+                  "metadata", "scores"]
+
+    def get_scores(self, obj: Query) -> dict[str, float]:
+        return self.context.get("scores", {}).get(obj.pk, {})
+
+
+class DatasetQueriesApi(APIView):
+    @extend_schema(operation_id="datasets_queries_list", responses=QueryOutput(many=True), parameters=[
+        OpenApiParameter("split", str, enum=["train", "test"]),
+        OpenApiParameter("task_type", str),
+        OpenApiParameter("search", str, description="Substring of the text, id or gold answer."),
+    ])
+    def get(self, request: Request, pk: int) -> Response:
+        dataset = selectors.dataset_get(pk)
+        if dataset is None:
+            raise Http404
+        split = request.query_params.get("split", "")
+        if split not in ("", "train", "test"):
+            raise serializers.ValidationError({"split": ["must be 'train' or 'test'"]})
+        queries = selectors.dataset_queries(dataset, split=split, task_type=request.query_params.get("task_type", ""),
+                                            search=request.query_params.get("search", ""))
+        paginator = Pagination()
+        page = paginator.paginate_queryset(queries, request, view=self)
+        scores = selectors.query_scores([q.pk for q in page])
+        return paginator.get_paginated_response(QueryOutput(page, many=True, context={"scores": scores}).data)
+
+
+class DatasetImportDetailApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.IntegerField()
+        filename = serializers.CharField()
+        size_bytes = serializers.IntegerField()
+        status = serializers.CharField()
+        total_lines = serializers.IntegerField(allow_null=True)
+        processed_lines = serializers.IntegerField()
+        message = serializers.CharField()
+        errors = serializers.ListField(child=serializers.DictField())
+        summary = serializers.DictField()
+        created_at = serializers.DateTimeField()
+        finished_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema(operation_id="imports_retrieve", responses=OutputSerializer)
+    def get(self, request: Request, pk: int) -> Response:
+        job = selectors.import_get(pk)
+        if job is None:
+            raise Http404
+        return Response(self.OutputSerializer(job).data)
+
+
+class ModelOutput(serializers.ModelSerializer):
+    has_api_key = serializers.SerializerMethodField()
+    is_offline = serializers.BooleanField(read_only=True)
+    n_responses = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = LanguageModel
+        fields = ["id", "name", "base_url", "served_model_id", "has_api_key", "default_params", "max_concurrency",
+                  "cost_input_per_mtok", "cost_output_per_mtok", "description", "is_active", "is_offline",
+                  "n_responses", "last_checked_at", "last_check_ok", "last_check_message", "created_at", "updated_at"]
+
+    def get_has_api_key(self, obj: LanguageModel) -> bool:
+        return bool(obj.api_key)
+
+
+class ModelInput(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    base_url = serializers.URLField(required=False, allow_blank=True, max_length=500,
+                                    help_text="OpenAI-compatible base URL such as http://gpu1:8000/v1; empty: offline.")
+    served_model_id = serializers.CharField(required=False, allow_blank=True, max_length=300)
+    api_key = serializers.CharField(required=False, allow_blank=True, max_length=500, write_only=True,
+                                    help_text="Write-only: never returned.")
+    default_params = serializers.DictField(required=False,
+                                           help_text=f"Sampling defaults; keys: {', '.join(ALLOWED_PARAMS)}.")
+    max_concurrency = serializers.IntegerField(required=False, min_value=1, max_value=10000)
+    cost_input_per_mtok = serializers.DecimalField(required=False, allow_null=True, max_digits=12, decimal_places=4,
+                                                   min_value=0)
+    cost_output_per_mtok = serializers.DecimalField(required=False, allow_null=True, max_digits=12, decimal_places=4,
+                                                    min_value=0)
+    description = serializers.CharField(required=False, allow_blank=True)
+    is_active = serializers.BooleanField(required=False)
+
+
+def _model_errors_as_400(exc: Exception) -> serializers.ValidationError:
+    if isinstance(exc, services.ModelFieldError):
+        return serializers.ValidationError({exc.field: [exc.message]})
+    assert isinstance(exc, DjangoValidationError)
+    return serializers.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages})
+
+
+class ModelListCreateApi(APIView):
+    @extend_schema(operation_id="models_list", responses=ModelOutput(many=True),
+                   parameters=[OpenApiParameter("active", bool)])
+    def get(self, request: Request) -> Response:
+        active = request.query_params.get("active")
+        flag = None if active is None else active.lower() in ("1", "true", "yes")
+        return _paginate(request, self, selectors.model_list(active=flag), ModelOutput)
+
+    @extend_schema(operation_id="models_create", request=ModelInput, responses={201: ModelOutput})
+    def post(self, request: Request) -> Response:
+        serializer = ModelInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            model = services.model_create(user=request.user, **serializer.validated_data)
+        except (services.ModelFieldError, DjangoValidationError) as exc:
+            raise _model_errors_as_400(exc) from None
+        return Response(ModelOutput(selectors.model_get(model.pk)).data, status=status.HTTP_201_CREATED)
+
+
+class ModelDetailApi(APIView):
+    @extend_schema(operation_id="models_retrieve", responses=ModelOutput)
+    def get(self, request: Request, pk: int) -> Response:
+        model = selectors.model_get(pk)
+        if model is None:
+            raise Http404
+        return Response(ModelOutput(model).data)
+
+    @extend_schema(operation_id="models_partial_update", request=ModelInput(partial=True), responses=ModelOutput)
+    def patch(self, request: Request, pk: int) -> Response:
+        model = selectors.model_get(pk)
+        if model is None:
+            raise Http404
+        serializer = ModelInput(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        try:
+            services.model_update(model=model, user=request.user, **serializer.validated_data)
+        except (services.ModelFieldError, DjangoValidationError) as exc:
+            raise _model_errors_as_400(exc) from None
+        return Response(ModelOutput(selectors.model_get(pk)).data)
+
+    @extend_schema(operation_id="models_deactivate", responses={204: None},
+                   description="Deactivate the model. Its responses and grades are kept; PATCH is_active to undo.")
+    def delete(self, request: Request, pk: int) -> Response:
+        model = selectors.model_get(pk)
+        if model is None:
+            raise Http404
+        services.model_set_active(model=model, user=request.user, active=False)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ModelTestConnectionApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        ok = serializers.BooleanField()
+        message = serializers.CharField()
+        models = serializers.ListField(child=serializers.CharField())
+        latency_ms = serializers.FloatField(allow_null=True)
+
+    @extend_schema(operation_id="models_test_connection", request=None, responses=OutputSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        model = selectors.model_get(pk)
+        if model is None:
+            raise Http404
+        result = services.model_test_connection(model=model, user=request.user)
+        return Response(self.OutputSerializer({"ok": result.ok, "message": result.message, "models": list(result.models),
+                                               "latency_ms": result.latency_ms}).data)

@@ -1,0 +1,155 @@
+"""Dashboard pages for datasets, imports and models (server-rendered)."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from evaluation import selectors, services
+from evaluation.core.datasets import TASK_TYPES, DatasetFileError
+from evaluation.forms import DatasetUploadForm, ModelForm
+
+
+def dataset_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "evaluation/dataset_list.html", {
+        "datasets": selectors.dataset_list(), "imports": selectors.import_recent(5),
+    })
+
+
+def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    dataset = selectors.dataset_get(pk)
+    if dataset is None:
+        raise Http404("No such dataset")
+    split = request.GET.get("split", "")
+    split = split if split in ("train", "test") else ""
+    task_type = request.GET.get("task_type", "")
+    search = request.GET.get("q", "").strip()
+    queries = selectors.dataset_queries(dataset, split=split, task_type=task_type, search=search)
+    page = Paginator(queries, 25).get_page(request.GET.get("page"))
+    scores = selectors.query_scores([q.pk for q in page])
+    stats = selectors.dataset_stats(dataset)
+    model_names = [m["name"] for m in stats["models"]]
+    rows = [(q, [scores.get(q.pk, {}).get(name) for name in model_names]) for q in page]
+    return render(request, "evaluation/dataset_detail.html", {
+        "dataset": dataset, "stats": stats, "page": page, "rows": rows, "model_names": model_names,
+        "split": split, "task_type": task_type, "q": search, "task_types": TASK_TYPES,
+    })
+
+
+@login_required
+def dataset_upload(request: HttpRequest) -> HttpResponse:
+    wants_json = request.headers.get("Accept", "").startswith("application/json")
+    if request.method == "POST":
+        form = DatasetUploadForm(request.POST, request.FILES)
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                job = services.dataset_import_create(
+                    data=upload.read(), filename=upload.name or "upload", default_name=form.cleaned_data["name"],
+                    user=request.user,
+                )
+            except DatasetFileError as exc:
+                form.add_error("file", str(exc))
+            else:
+                url = reverse("import-detail", args=[job.pk])
+                if wants_json:
+                    return JsonResponse({"id": job.pk, "url": url,
+                                         "status_url": reverse("api-import-detail", args=[job.pk])}, status=202)
+                return redirect(url)
+        if wants_json:
+            return JsonResponse({"error": {"code": "invalid", "fields": form.errors.get_json_data()}}, status=400)
+    else:
+        form = DatasetUploadForm()
+    return render(request, "evaluation/dataset_upload.html", {"form": form})
+
+
+def import_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    job = selectors.import_get(pk)
+    if job is None:
+        raise Http404("No such import")
+    return render(request, "evaluation/import_detail.html", {"job": job})
+
+
+def model_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "evaluation/model_list.html", {"models": selectors.model_list()})
+
+
+def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    model = selectors.model_get(pk)
+    if model is None:
+        raise Http404("No such model")
+    return render(request, "evaluation/model_detail.html", {
+        "model": model, "scores": selectors.model_dataset_scores(model),
+    })
+
+
+@login_required
+def model_create(request: HttpRequest) -> HttpResponse:
+    form = ModelForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = dict(form.cleaned_data)
+        name = data.pop("name")
+        try:
+            model = services.model_create(user=request.user, name=name, **data)
+        except services.ModelFieldError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        except ValidationError as exc:
+            _add_errors(form, exc)
+        else:
+            messages.success(request, f"Registered {model.name}.")
+            return redirect("model-detail", pk=model.pk)
+    return render(request, "evaluation/model_form.html", {"form": form, "title": "Register a model"})
+
+
+@login_required
+def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    model = selectors.model_get(pk)
+    if model is None:
+        raise Http404("No such model")
+    form = ModelForm(request.POST or None, instance=model)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.model_update(model=model, user=request.user, **form.changed_fields())
+        except services.ModelFieldError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        except ValidationError as exc:
+            _add_errors(form, exc)
+        else:
+            messages.success(request, f"Saved {model.name}.")
+            return redirect("model-detail", pk=model.pk)
+    return render(request, "evaluation/model_form.html", {"form": form, "title": f"Edit {model.name}", "model": model})
+
+
+@login_required
+@require_POST
+def model_toggle_active(request: HttpRequest, pk: int) -> HttpResponse:
+    model = selectors.model_get(pk)
+    if model is None:
+        raise Http404("No such model")
+    services.model_set_active(model=model, user=request.user, active=not model.is_active)
+    messages.success(request, f"{model.name} is now {'active' if model.is_active else 'inactive'}.")
+    return redirect("model-detail", pk=pk)
+
+
+@login_required
+@require_POST
+def model_test_connection(request: HttpRequest, pk: int) -> HttpResponse:
+    model = selectors.model_get(pk)
+    if model is None:
+        raise Http404("No such model")
+    result = services.model_test_connection(model=model, user=request.user)
+    (messages.success if result.ok else messages.error)(request, f"Test connection: {result.message}")
+    return redirect("model-detail", pk=pk)
+
+
+def _add_errors(form: ModelForm, exc: ValidationError) -> None:
+    if hasattr(exc, "error_dict"):
+        for field, errors in exc.message_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, exc.messages)

