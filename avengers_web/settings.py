@@ -155,8 +155,11 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve assets straight from the apps and static/ (no CDN, no collectstatic needed); collectstatic still works.
+WHITENOISE_USE_FINDERS = True
 
 # Uploads: files above this size are refused with a message; the dataset parser enforces it too.
 MAX_UPLOAD_BYTES = envint("AVENGERS_MAX_UPLOAD_MB", "50") * 1024 * 1024
@@ -216,10 +219,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "APPEND_COMPONENTS": {
-        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
-    },
-    "SECURITY": [{"bearerAuth": []}],
 }
 
 LOGGING = {

@@ -40,6 +40,8 @@ class QueryEmbeddingAdmin(admin.ModelAdmin):
 
 
 class LanguageModelAdminForm(forms.ModelForm):
+    base_url = forms.CharField(required=False, max_length=500,
+                              help_text="OpenAI-compatible base URL, e.g. http://gpu1:8000/v1. Empty: offline model.")
     api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
                               help_text="Leave empty to keep the current key.")
 

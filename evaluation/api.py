@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from avengers_web.api import FileValidationError, Pagination
 from evaluation import selectors, services
 from evaluation.core.datasets import DatasetFileError
+from evaluation.core.endpoints import normalise_base_url
 from evaluation.core.sampling import ALLOWED_PARAMS
 from evaluation.models import Dataset, LanguageModel, Query
 
@@ -50,7 +51,7 @@ class ImportSummaryOutput(serializers.Serializer):
 
 
 class DatasetListCreateApi(APIView):
-    class InputSerializer(serializers.Serializer):
+    class DatasetUploadInput(serializers.Serializer):
         file = serializers.FileField(help_text="JSON Lines or CSV; the records format is read in full.")
         name = serializers.CharField(required=False, allow_blank=True, max_length=100,
                                      help_text="Dataset for lines without a dataset column.")
@@ -60,10 +61,10 @@ class DatasetListCreateApi(APIView):
     def get(self, request: Request) -> Response:
         return _paginate(request, self, selectors.dataset_list(), DatasetOutput)
 
-    @extend_schema(operation_id="datasets_import", request={"multipart/form-data": InputSerializer},
+    @extend_schema(operation_id="datasets_import", request={"multipart/form-data": DatasetUploadInput},
                    responses={201: ImportSummaryOutput})
     def post(self, request: Request) -> Response:
-        serializer = self.InputSerializer(data=request.data)
+        serializer = self.DatasetUploadInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         upload = serializer.validated_data["file"]
         try:
@@ -77,7 +78,7 @@ class DatasetListCreateApi(APIView):
 
 
 class DatasetDetailApi(APIView):
-    class OutputSerializer(DatasetOutput):
+    class DatasetDetailOutput(DatasetOutput):
         stats = serializers.SerializerMethodField()
 
         class Meta(DatasetOutput.Meta):
@@ -86,12 +87,12 @@ class DatasetDetailApi(APIView):
         def get_stats(self, obj: Dataset) -> dict[str, Any]:
             return selectors.dataset_stats(obj)
 
-    @extend_schema(operation_id="datasets_retrieve", responses=OutputSerializer)
+    @extend_schema(operation_id="datasets_retrieve", responses=DatasetDetailOutput)
     def get(self, request: Request, pk: int) -> Response:
         dataset = selectors.dataset_get(pk)
         if dataset is None:
             raise Http404
-        return Response(self.OutputSerializer(dataset).data)
+        return Response(self.DatasetDetailOutput(dataset).data)
 
 
 class QueryOutput(serializers.ModelSerializer):
@@ -128,7 +129,7 @@ class DatasetQueriesApi(APIView):
 
 
 class DatasetImportDetailApi(APIView):
-    class OutputSerializer(serializers.Serializer):
+    class ImportOutput(serializers.Serializer):
         id = serializers.IntegerField()
         filename = serializers.CharField()
         size_bytes = serializers.IntegerField()
@@ -141,12 +142,12 @@ class DatasetImportDetailApi(APIView):
         created_at = serializers.DateTimeField()
         finished_at = serializers.DateTimeField(allow_null=True)
 
-    @extend_schema(operation_id="imports_retrieve", responses=OutputSerializer)
+    @extend_schema(operation_id="imports_retrieve", responses=ImportOutput)
     def get(self, request: Request, pk: int) -> Response:
         job = selectors.import_get(pk)
         if job is None:
             raise Http404
-        return Response(self.OutputSerializer(job).data)
+        return Response(self.ImportOutput(job).data)
 
 
 class ModelOutput(serializers.ModelSerializer):
@@ -166,7 +167,7 @@ class ModelOutput(serializers.ModelSerializer):
 
 class ModelInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
-    base_url = serializers.URLField(required=False, allow_blank=True, max_length=500,
+    base_url = serializers.CharField(required=False, allow_blank=True, max_length=500,
                                     help_text="OpenAI-compatible base URL such as http://gpu1:8000/v1; empty: offline.")
     served_model_id = serializers.CharField(required=False, allow_blank=True, max_length=300)
     api_key = serializers.CharField(required=False, allow_blank=True, max_length=500, write_only=True,
@@ -180,6 +181,12 @@ class ModelInput(serializers.Serializer):
                                                     min_value=0)
     description = serializers.CharField(required=False, allow_blank=True)
     is_active = serializers.BooleanField(required=False)
+
+    def validate_base_url(self, value: str) -> str:
+        try:
+            return normalise_base_url(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(f"The URL {exc}.") from None
 
 
 def _model_errors_as_400(exc: Exception) -> serializers.ValidationError:
@@ -240,17 +247,17 @@ class ModelDetailApi(APIView):
 
 
 class ModelTestConnectionApi(APIView):
-    class OutputSerializer(serializers.Serializer):
+    class ConnectionCheckOutput(serializers.Serializer):
         ok = serializers.BooleanField()
         message = serializers.CharField()
         models = serializers.ListField(child=serializers.CharField())
         latency_ms = serializers.FloatField(allow_null=True)
 
-    @extend_schema(operation_id="models_test_connection", request=None, responses=OutputSerializer)
+    @extend_schema(operation_id="models_test_connection", request=None, responses=ConnectionCheckOutput)
     def post(self, request: Request, pk: int) -> Response:
         model = selectors.model_get(pk)
         if model is None:
             raise Http404
         result = services.model_test_connection(model=model, user=request.user)
-        return Response(self.OutputSerializer({"ok": result.ok, "message": result.message, "models": list(result.models),
+        return Response(self.ConnectionCheckOutput({"ok": result.ok, "message": result.message, "models": list(result.models),
                                                "latency_ms": result.latency_ms}).data)

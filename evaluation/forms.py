@@ -17,6 +17,8 @@ class DatasetUploadForm(forms.Form):
 
 
 class ModelForm(forms.ModelForm):
+    base_url = forms.CharField(required=False, max_length=500,
+                              help_text="OpenAI-compatible base URL, e.g. http://gpu1:8000/v1. Empty: offline model.")
     api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
                               help_text="Sent as a bearer token. Leave empty to keep the current key.")
     default_params = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),

@@ -2,15 +2,24 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from pgvector.django import VectorField
 
 from evaluation.core.datasets import NAME_PATTERN, SPLITS, TASK_TYPES
+from evaluation.core.endpoints import normalise_base_url
 
 name_validator = RegexValidator(
     NAME_PATTERN, "Use letters, digits, '.', '_', '-', ':' or '/', starting with a letter or digit."
 )
+
+
+def validate_base_url(value: str) -> None:
+    try:
+        normalise_base_url(value)
+    except ValueError as exc:
+        raise ValidationError(f"The URL {exc}.") from None
 
 
 class Dataset(models.Model):
@@ -89,8 +98,8 @@ class LanguageModel(models.Model):
     """A model the platform can call (an OpenAI-compatible endpoint) or an offline one known from records."""
 
     name = models.CharField(max_length=200, unique=True, validators=[name_validator])
-    base_url = models.URLField(
-        max_length=500, blank=True, help_text="OpenAI-compatible base URL, e.g. http://gpu1:8000/v1. Empty: offline."
+    base_url = models.CharField(
+        max_length=500, blank=True, validators=[validate_base_url], help_text="OpenAI-compatible base URL, e.g. http://gpu1:8000/v1. Empty: offline."
     )
     served_model_id = models.CharField(max_length=300, blank=True, help_text="The id the server knows it by.")
     api_key = models.CharField(max_length=500, blank=True, help_text="Sent as a bearer token; never shown again.")

@@ -29,6 +29,7 @@ from evaluation.core.datasets import (
     seeded_split,
     text_hash,
 )
+from evaluation.core.endpoints import normalise_base_url
 from evaluation.core.sampling import validate_sampling_params
 from evaluation.models import Dataset, DatasetImport, LanguageModel, ModelResponse, Query
 from evaluation.tasks import dataset_import_run as dataset_import_run_task
@@ -271,8 +272,11 @@ def _clean_model_fields(fields: dict[str, Any]) -> dict[str, Any]:
             fields["default_params"] = validate_sampling_params(fields["default_params"] or {})
         except ValueError as exc:
             raise ModelFieldError("default_params", str(exc)) from None
-    if fields.get("base_url"):
-        fields["base_url"] = fields["base_url"].rstrip("/")
+    if "base_url" in fields:
+        try:
+            fields["base_url"] = normalise_base_url(fields["base_url"] or "")
+        except ValueError as exc:
+            raise ModelFieldError("base_url", f"The URL {exc}.") from None
     return fields
 
 

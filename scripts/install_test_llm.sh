@@ -53,11 +53,11 @@ CACHE_DIR="${AVENGERS_CACHE_DIR:-$HOME/.cache/avengers}"
 WHEEL_DIR="$CACHE_DIR/wheels"
 mkdir -p "$WHEEL_DIR"
 
-PY_TAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
 PLATFORM="$("$PY" -c 'import platform; print(platform.machine())')"
 
+# The wheel is tagged py3-none-linux_<arch> (the library is loaded with ctypes), so one per machine.
 cached_wheel() {
-    compgen -G "$WHEEL_DIR/llama_cpp_python-${LLAMA_CPP_VERSION}-${PY_TAG}-*${PLATFORM}*.whl" | head -n 1
+    compgen -G "$WHEEL_DIR/llama_cpp_python-${LLAMA_CPP_VERSION}-*${PLATFORM}.whl" | head -n 1 || true
 }
 
 build_wheel() {

@@ -124,6 +124,7 @@ def parse_dataset_file(
         raise DatasetFileError(
             [Problem(0, "", f"the file is {_size(len(data))}, above the limit of {_size(max_bytes)}; split it")]
         )
+    fmt = _format_from_name(filename)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -137,7 +138,7 @@ def parse_dataset_file(
     if "\x00" in text:
         raise DatasetFileError([Problem(text[: text.index("\x00")].count("\n") + 1, "", "binary data (NUL byte); "
                                         "expected JSON Lines or CSV text")])
-    fmt = _detect_format(text, filename)
+    fmt = _sniff_format(text, fmt)
     total = text.count("\n") + 1
     collector = _Collector(max_problems)
     rows = _jsonl_rows(text, collector) if fmt == "jsonl" else _csv_rows(text, collector)
@@ -184,19 +185,24 @@ def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
-def _detect_format(text: str, filename: str) -> str:
-    lower = filename.lower()
-    first = text.lstrip()[:1]
-    if first == "[":
-        raise DatasetFileError([Problem(1, "", "this is a JSON array; expected JSON Lines (one JSON object per line)")])
+def _format_from_name(filename: str) -> str | None:
+    """Return the format the file name promises, None when it does not say; refuse other file types."""
+    lower = filename.lower().rsplit("/", 1)[-1]
     if lower.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl"
     if lower.endswith((".csv", ".tsv")):
         return "csv"
-    if "." in lower.rsplit("/", 1)[-1] and not lower.endswith(".txt"):
+    if "." in lower and not lower.endswith(".txt"):
         ext = lower.rsplit(".", 1)[-1]
         raise DatasetFileError([Problem(0, "", f"unsupported file type .{ext}; upload JSON Lines (.jsonl) or CSV (.csv)")])
-    return "jsonl" if first == "{" else "csv"
+    return None
+
+
+def _sniff_format(text: str, from_name: str | None) -> str:
+    first = text.lstrip()[:1]
+    if first == "[":
+        raise DatasetFileError([Problem(1, "", "this is a JSON array; expected JSON Lines (one JSON object per line)")])
+    return from_name or ("jsonl" if first == "{" else "csv")
 
 
 def _jsonl_rows(text: str, collector: _Collector) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -79,12 +79,12 @@ def _wait_until(
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"{name} exited early with code {process.returncode}; last lines of {log_path}:\n{_log_tail(log_path)}"
+                f"{name} exited early with code {process.returncode}; last lines of its log:\n{_log_tail(log_path)}"
             )
         if ready():
             return
         time.sleep(0.1)
-    raise RuntimeError(f"{name} not ready after {timeout:.0f} s; last lines of {log_path}:\n{_log_tail(log_path)}")
+    raise RuntimeError(f"{name} not ready after {timeout:.0f} s; last lines of its log:\n{_log_tail(log_path)}")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -32,7 +32,7 @@ class Command(BaseCommand):
             lines = [f"{path}: nothing was imported."] + [f"  {p}" for p in exc.problems]
             raise CommandError("\n".join(lines)) from None
         for ds in summary.datasets:
-            state = "created" if ds.created else "extended"
+            state = "created" if ds.created else ("extended" if ds.queries_added else "unchanged")
             self.stdout.write(f"{ds.name}: {state}, {ds.queries_added} new queries "
                               f"({ds.train_added} train, {ds.test_added} test), {ds.queries_existing} already there")
         if summary.models_created:
