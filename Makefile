@@ -1,0 +1,43 @@
+# Two commands: `make demo` runs the platform with demo data, `make test` runs the tests.
+# Each creates .venv with Python 3.11 and installs what it needs.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+DATA   := .data
+
+.PHONY: demo test venv venv-test test-deps db-start db-stop clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.installed
+venv-test: $(VENV)/.installed-test
+
+## demo: embedded PostgreSQL + a Celery worker + the dashboard/API on http://127.0.0.1:8000/ with real records.
+demo: venv
+	$(PY) manage.py demo
+
+test-deps: venv-test
+	bash scripts/ensure_system_deps.sh
+	bash scripts/install_test_llm.sh $(VENV)
+
+## test: real PostgreSQL (embedded), Redis, a Celery worker, a real LLM server and headless Chromium.
+test: test-deps
+	status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
+	$(PY) -m avengers_web.embedded_db stop $(DATA)/test/pg >/dev/null; \
+	exit $$status
+
+db-start: venv
+	$(PY) -m avengers_web.embedded_db start $(DATA)/pg
+db-stop: venv
+	$(PY) -m avengers_web.embedded_db stop $(DATA)/pg
+
+clean: db-stop
+	rm -rf $(DATA) test-artifacts

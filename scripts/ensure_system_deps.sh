@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests drive for real: Redis (Celery broker) and Chromium (browser tests).
+# Does nothing when they are already there. Needs root or sudo on a Debian/Ubuntu machine.
+set -euo pipefail
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "error: the tests need ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
+    exit 1
+fi
+echo "installing ${missing[*]} from Debian's packages ..."
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
