@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
@@ -67,3 +67,11 @@ class FileValidationError(exceptions.ValidationError):
     def __init__(self, field: str, problems: list[dict[str, Any]], message: str) -> None:
         super().__init__({field: [message]})
         self.extra = {"code": "invalid_file", "problems": problems}
+
+
+def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    """Answer unknown /api/ paths in the API's JSON error shape instead of an HTML page."""
+    return JsonResponse(
+        {"error": {"code": "not_found", "message": f"no API endpoint at {request.path}; see /api/schema/"}},
+        status=404,
+    )

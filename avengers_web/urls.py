@@ -3,14 +3,18 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from avengers_web import views
+from avengers_web.api import api_not_found
 from evaluation import views as evaluation_views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("tokens/", views.token_list, name="tokens"),
@@ -28,5 +32,6 @@ urlpatterns = [
     path("api/v1/", include("evaluation.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/<path:rest>", api_not_found),
     path("admin/", admin.site.urls),
 ]

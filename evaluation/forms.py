@@ -17,15 +17,21 @@ class DatasetUploadForm(forms.Form):
 
 
 class ModelForm(forms.ModelForm):
-    base_url = forms.CharField(required=False, max_length=500,
+    base_url = forms.CharField(required=False, max_length=500, label="Base URL",
                               help_text="OpenAI-compatible base URL, e.g. http://gpu1:8000/v1. Empty: offline model.")
-    api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
+    api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False), label="API key",
                               help_text="Sent as a bearer token. Leave empty to keep the current key.")
     default_params = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
+                                     label="Default sampling parameters",
                                      help_text=f"JSON object; keys: {', '.join(ALLOWED_PARAMS)}.")
 
     class Meta:
         model = LanguageModel
+        labels = {"base_url": "Base URL", "served_model_id": "Served model id", "api_key": "API key",
+                  "cost_input_per_mtok": "Cost per million input tokens (USD)",
+                  "cost_output_per_mtok": "Cost per million output tokens (USD)",
+                  "default_params": "Default sampling parameters", "max_concurrency": "Concurrency limit"}
+        widgets = {"description": forms.Textarea(attrs={"rows": 3})}
         fields = ["name", "base_url", "served_model_id", "api_key", "default_params", "max_concurrency",
                   "cost_input_per_mtok", "cost_output_per_mtok", "description"]
 

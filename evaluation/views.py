@@ -1,6 +1,8 @@
 """Dashboard pages for datasets, imports and models (server-rendered)."""
 from __future__ import annotations
 
+import json
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -85,6 +87,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
         raise Http404("No such model")
     return render(request, "evaluation/model_detail.html", {
         "model": model, "scores": selectors.model_dataset_scores(model),
+        "default_params_json": json.dumps(model.default_params or {}),
     })
 
 

@@ -1,7 +1,15 @@
-"""Shared fixtures: users, API clients, the real records files, and real servers started on loopback."""
+"""Shared fixtures: users, API clients, the real records files, and real servers started on loopback.
+
+The embedded test database in .data/test/pg is started by the test settings and stopped by `make test`
+(also on failure); each run gets its own database on it, so concurrent runs do not collide.
+"""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,17 +85,54 @@ def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
 
+def start_worker(broker_url: str, db_name: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "avengers_web.settings_test", "AVENGERS_DB_NAME": db_name,
+           "CELERY_BROKER_URL": broker_url, "CELERY_TASK_ALWAYS_EAGER": "false"}
+    env.pop("DATABASE_URL", None)
+    handle = log.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "avengers_web", "worker", "--pool", "solo", "--loglevel", "INFO",
+         "--hostname", f"test-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
+        cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the Celery worker exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        if b"ready." in log.read_bytes():
+            return process
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the Celery worker was not ready after 60 s:\n{log.read_text()[-3000:]}")
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop the embedded test database if this run started it."""
-    from django.conf import settings
 
-    from avengers_web import embedded_db
+@pytest.fixture(scope="session")
+def celery_worker_process(redis, django_db_setup, django_db_blocker) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
+    """Start `celery worker` as a separate process and send this process's tasks to it through Redis."""
+    from django.db import connection
 
-    if os.environ.get("DATABASE_URL") or not settings.configured:
-        return
-    if embedded_db.started_here(settings.EMBEDDED_DB_DIR):
-        from django.db import connections
+    from avengers_web.celery import app
 
-        connections.close_all()
-        embedded_db.stop(settings.EMBEDDED_DB_DIR)
+    log = Path(tempfile.mkdtemp(prefix="celery-worker-")) / "worker.log"
+    process = start_worker(redis.url, connection.settings_dict["NAME"], log)
+    saved = (app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options)
+    app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options = redis.url, False, {}
+    _drop_broker_pools(app)
+    try:
+        yield process
+    finally:
+        app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options = saved
+        _drop_broker_pools(app)
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _drop_broker_pools(app) -> None:  # type: ignore[no-untyped-def]
+    """Forget connections and producers built for the previous broker, so that tasks go to the new one."""
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    app.amqp._producer_pool = None

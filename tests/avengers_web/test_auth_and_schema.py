@@ -96,3 +96,9 @@ def test_create_api_token_prints_a_working_token(user, anon_api) -> None:  # typ
     assert anon_api.get("/api/v1/datasets").status_code == 200
     with pytest.raises(CommandError, match="no user named 'nobody'"):
         call_command("create_api_token", "nobody")
+
+
+def test_an_unknown_api_path_answers_json_404(api) -> None:  # type: ignore[no-untyped-def]
+    response = api.get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found" and "/api/schema/" in response.json()["error"]["message"]

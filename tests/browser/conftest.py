@@ -12,7 +12,6 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from tests.integration.conftest import celery_worker_process  # noqa: E402,F401
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,7 +31,9 @@ class PageLog:
     console_errors: list[str] = field(default_factory=list)
 
     def foreign(self, origin: str) -> list[str]:
-        return [url for url in self.requests if not (url == origin or url.startswith(origin + "/"))]
+        """Requests that went anywhere but the live server (inline data: and blob: URLs never leave the page)."""
+        return [url for url in self.requests
+                if not (url == origin or url.startswith(origin + "/") or url.startswith(("data:", "blob:")))]
 
     def assert_clean(self, origin: str) -> None:
         """Every request went to the live server, every asset loaded, and no script failed."""
@@ -40,6 +41,7 @@ class PageLog:
         assert not self.foreign(origin), f"requests to hosts other than {origin}: {self.foreign(origin)}"
         assert not self.bad_assets, f"assets that failed to load: {self.bad_assets}"
         assert not self.page_errors, f"uncaught JavaScript errors: {self.page_errors}"
+        assert not self.console_errors, f"errors in the browser console: {self.console_errors}"
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +86,11 @@ def page(context, page_log, live_server) -> Iterator[object]:  # type: ignore[no
     page.on("request", lambda request: page_log.requests.append(request.url))
     page.on("response", on_response)
     page.on("pageerror", lambda error: page_log.page_errors.append(str(error)))
-    page.on("console", lambda msg: page_log.console_errors.append(msg.text) if msg.type == "error" else None)
+    def on_console(msg) -> None:  # type: ignore[no-untyped-def]
+        if msg.type == "error":
+            page_log.console_errors.append(f"{msg.text} ({(msg.location or {}).get('url', '')})")
+
+    page.on("console", on_console)
     yield page
     page.close()
     # Also enforced here for any test that forgets to call assert_clean itself.
