@@ -8,7 +8,7 @@ DATA   := .data
 .PHONY: demo test venv venv-test test-deps db-start db-stop clean
 
 $(VENV)/.installed: requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || { bash scripts/ensure_system_deps.sh venv && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@

@@ -156,9 +156,7 @@ def _write_import(
         ds_summary.queries_added = len(rows)
         summary.queries_added += len(rows)
         summary.queries_existing += ds_summary.queries_existing
-        if created:
-            dataset.save(update_fields=["updated_at"])
-        else:
+        if rows and not created:
             Dataset.objects.filter(pk=dataset.pk).update(updated_at=timezone.now())
     if problems:
         raise DatasetFileError(problems)

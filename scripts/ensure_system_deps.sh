@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Install the Debian packages the tests drive for real: Redis (Celery broker) and Chromium (browser tests).
+# Install the Debian packages the tests drive for real: Redis (Celery broker) and Chromium (browser tests),
+# or with the argument `venv`, python3.11-venv for `make` to create .venv.
 # Does nothing when they are already there. Needs root or sudo on a Debian/Ubuntu machine.
 set -euo pipefail
 
+# `ensure_system_deps.sh venv`: only Python's venv module (Debian ships it apart from python3.11).
 missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ "${1:-}" = "venv" ]; then
+    missing+=(python3.11-venv)
+else
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+    command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
