@@ -73,6 +73,8 @@ class DatasetListCreateApi(APIView):
                 split_seed=serializer.validated_data.get("split_seed"), user=request.user,
             )
         except DatasetFileError as exc:
+            if exc.problems[0].field == "name" and not exc.problems[0].line:
+                raise serializers.ValidationError({"name": [exc.problems[0].message]}) from None
             raise FileValidationError("file", [p.as_dict() for p in exc.problems], str(exc)) from None
         return Response(ImportSummaryOutput(summary.as_dict()).data, status=status.HTTP_201_CREATED)
 

@@ -63,6 +63,9 @@ def test_an_upload_without_a_file_names_the_field(api) -> None:  # type: ignore[
     response = api.post("/api/v1/datasets", {"name": "d"}, format="multipart")
     assert response.status_code == 400
     assert list(response.json()["error"]["fields"]) == ["file"]
+    response = upload(api, b"query\nq\n", "x.csv", name="no spaces allowed")
+    assert response.status_code == 400
+    assert list(response.json()["error"]["fields"]) == ["name"] and "not a valid dataset name" in response.json()["error"]["message"]
 
 
 def test_datasets_are_listed_with_counts_and_paginated(api, sample_records) -> None:  # type: ignore[no-untyped-def]
