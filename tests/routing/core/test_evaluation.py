@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import numpy as np
+
+from routing.core.evaluation import (
+    RouterConfig,
+    Split,
+    baseline_scores,
+    choose_shrinkage,
+    evaluate,
+    folds_by_dataset,
+    realised_scores,
+    summarise,
+)
+
+nan = np.nan
+
+
+def test_a_model_without_a_score_hands_over_to_the_next_in_order() -> None:
+    scores = np.array([[nan, 0.2, 1.0], [0.5, nan, nan]])
+    order = np.array([[0, 1, 2], [1, 0, 2]])
+    assert realised_scores(order, scores).tolist() == [0.2, 0.5]
+    assert np.allclose(realised_scores(order, scores, top_n=2), [0.6, 0.5])
+
+
+def test_baselines_follow_their_definitions() -> None:
+    train = Split(np.zeros((4, 2), np.float32), np.array([[1, 0], [1, 0], [0, 1], [0.2, 0.9]]),
+                  np.array(["a", "a", "b", "b"]))
+    test = Split(np.zeros((3, 2), np.float32), np.array([[0, 1], [1, 0], [0.5, nan]]), np.array(["a", "b", "c"]))
+    values = baseline_scores(train, test)
+    # Overall train means: model 0 = 0.55, model 1 = 0.475, so best_single is model 0.
+    assert values["best_single"].tolist() == [0, 1, 0.5]
+    # Dataset a's best is model 0, b's is model 1; c has no train queries and falls back on best_single.
+    assert values["best_per_dataset"].tolist() == [0, 0, 0.5]
+    assert values["random"].tolist() == [0.5, 0.5, 0.5]
+    assert values["oracle"].tolist() == [1, 1, 0.5]
+
+
+def test_summaries_separate_in_and_out_of_distribution_datasets() -> None:
+    report = summarise(np.array([1, 0, 1, 0.5]), np.array(["a", "a", "b", "ood"]), {"a", "b"})
+    assert report.per_dataset == {"a": 50.0, "b": 100.0, "ood": 50.0}
+    assert (report.in_distribution, report.out_of_distribution) == (75.0, 50.0)
+    assert summarise(np.array([1.0]), np.array(["a"]), {"a"}).out_of_distribution is None
+
+
+def test_folds_spread_every_dataset_evenly() -> None:
+    datasets = np.array(["a"] * 10 + ["b"] * 5)
+    fold = folds_by_dataset(datasets, 5, seed=1)
+    assert sorted(fold[:10].tolist()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert sorted(fold[10:].tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_the_chosen_shrinkage_is_the_best_and_the_smaller_on_ties() -> None:
+    assert choose_shrinkage({0.0: 60.0, 4.0: 61.0, 8.0: 61.0}) == 4.0
+
+
+def test_routing_beats_a_single_model_when_topics_favour_different_models() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.eye(2, 16) * 4
+    def make(n: int) -> Split:
+        topic = rng.integers(0, 2, size=n)
+        x = (centres[topic] + rng.normal(scale=0.5, size=(n, 16))).astype(np.float32)
+        # Model 0 is good at topic 0, model 1 at topic 1, model 2 is mediocre everywhere.
+        p = np.where(topic[:, None] == np.array([[0, 1]]), 0.9, 0.2)
+        scores = np.column_stack([rng.random((n, 2)) < p, rng.random(n) < 0.6]).astype(float)
+        return Split(x, scores, np.where(topic == 0, "t0", "t1").astype(np.str_))
+    train, test = make(400), make(200)
+    reports = evaluate(train, test, ["m0", "m1", "m2"], RouterConfig(k=4, shrinkage=2))
+    assert reports["avengers"].in_distribution > reports["best_single"].in_distribution + 20
+    assert reports["oracle"].in_distribution >= reports["avengers"].in_distribution
+    assert reports["random"].in_distribution < reports["avengers"].in_distribution
