@@ -123,7 +123,7 @@ def resolve_shrinkage(value: str, train: Split, models: list[str], config: Route
     if value != "auto":
         return float(value), {}
     cv = cross_validate(train, models, config, progress=Progress("choosing the shrinkage by 5-fold CV on train"))
-    return choose_shrinkage(cv), {str(k): round(v, 3) for k, v in cv.items()}
+    return choose_shrinkage(cv), {str(k): round(float(np.mean(v)), 3) for k, v in cv.items()}
 
 
 def command_evaluate(args: argparse.Namespace) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from routing.core.profiles import Profiles, build_profiles, nan_mean, select_mod
 from routing.core.router import ClusterRouter, KnnRouter, Router, SoftClusterRouter, rank_models
 
 METHODS = ("avengers", "avengers_soft", "knn", "best_single", "best_per_dataset", "random", "oracle")
-SHRINKAGE_GRID = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+SHRINKAGE_GRID = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 
 
 @dataclass(frozen=True)
@@ -149,10 +149,10 @@ def folds_by_dataset(datasets: NDArray[np.str_], folds: int, seed: int) -> NDArr
 def cross_validate(
     train: Split, models: Sequence[str], config: RouterConfig, *, grid: Sequence[float] = SHRINKAGE_GRID,
     folds: int = 5, progress: Callable[[int, int], None] | None = None,
-) -> dict[float, float]:
-    """Mean in-distribution accuracy of the cluster router for each shrinkage, by k-fold CV on train only."""
+) -> dict[float, list[float]]:
+    """In-distribution accuracy of the cluster router in each fold, for each shrinkage, on train only."""
     fold = folds_by_dataset(train.datasets, folds, config.seed)
-    totals = {s: 0.0 for s in grid}
+    results: dict[float, list[float]] = {s: [] for s in grid}
     for f in range(folds):
         inner, held = train.take(np.flatnonzero(fold != f)), train.take(np.flatnonzero(fold == f))
         clustering = fit_clusters(inner.embeddings, k=config.k, method=config.method, seed=config.seed)
@@ -162,15 +162,24 @@ def cross_validate(
                                       centroids=clustering.centroids, neighbours=config.neighbours)
             report = summarise(route_scores(ClusterRouter(clustering, profiles), held), held.datasets,
                                set(inner.datasets.tolist()))
-            totals[s] += (report.in_distribution or 0.0) / folds
+            results[s].append(report.in_distribution or 0.0)
         if progress is not None:
             progress(f + 1, folds)
-    return totals
+    return results
 
 
-def choose_shrinkage(cv: dict[float, float]) -> float:
-    """The shrinkage with the best CV accuracy; the smaller one on a tie."""
-    return min(cv, key=lambda s: (-round(cv[s], 9), s))
+def choose_shrinkage(cv: dict[float, list[float]]) -> float:
+    """Apply the one-standard-error rule: the largest shrinkage whose CV mean is within one SE of the best.
+
+    Shrinkage is the regulariser, so among settings that CV cannot tell apart from the best we take
+    the most regularised (Hastie, Tibshirani and Friedman, ESL section 7.10). The SE is the spread of
+    the best setting's fold accuracies divided by the square root of the number of folds.
+    """
+    means = {s: float(np.mean(v)) for s, v in cv.items()}
+    best = max(means, key=lambda s: (means[s], -s))
+    values = np.asarray(cv[best], dtype=np.float64)
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return max(s for s, m in means.items() if m >= means[best] - se)
 
 
 def team_profiles(router: ClusterRouter, size: int) -> tuple[list[str], Profiles]:

@@ -50,8 +50,17 @@ def test_folds_spread_every_dataset_evenly() -> None:
     assert sorted(fold[10:].tolist()) == [0, 1, 2, 3, 4]
 
 
-def test_the_chosen_shrinkage_is_the_best_and_the_smaller_on_ties() -> None:
-    assert choose_shrinkage({0.0: 60.0, 4.0: 61.0, 8.0: 61.0}) == 4.0
+def test_the_chosen_shrinkage_is_the_largest_within_one_standard_error_of_the_best() -> None:
+    # The best mean is s=4 (61.0); its folds give SE = std(ddof=1) / sqrt(4), about 0.58.
+    cv = {0.0: [60, 60, 60, 60], 4.0: [60, 62, 60, 62], 8.0: [60.6, 60.6, 60.6, 60.6], 16.0: [59, 59, 59, 59]}
+    se = float(np.std([60, 62, 60, 62], ddof=1) / 2)  # 0.577
+    assert 61.0 - se < 60.6 and 61.0 - se > 59.0
+    assert choose_shrinkage(cv) == 8.0
+
+
+def test_without_spread_the_best_shrinkage_wins_and_ties_go_to_the_smaller() -> None:
+    assert choose_shrinkage({0.0: [61.0, 61.0], 4.0: [62.0, 62.0], 8.0: [62.0, 62.0]}) == 8.0
+    assert choose_shrinkage({0.0: [63.0, 63.0], 4.0: [62.0, 62.0]}) == 0.0
 
 
 def test_routing_beats_a_single_model_when_topics_favour_different_models() -> None:

@@ -1,0 +1,174 @@
+"""Network adapters for routing: an OpenAI-compatible /v1/embeddings client (vLLM, llama.cpp, OpenAI).
+
+The client implements routing.core.embedding.EmbeddingClient; the core embedder scales its vectors to
+unit length. Connection errors, timeouts, 429 and 5xx answers are retried with exponential backoff;
+every other failure raises at once with a message that says what to fix.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from evaluation.core.endpoints import normalise_base_url
+from routing.core.embedding import OpenAIEmbedder
+
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # timeouts, overload, server errors
+
+
+class EmbeddingProviderError(RuntimeError):
+    """The endpoint cannot give embeddings for this request; the message says why."""
+
+
+class EmbeddingProviderUnavailable(EmbeddingProviderError):
+    """The endpoint could not be reached or stayed overloaded through every retry (worth trying later)."""
+
+
+class OpenAIEmbeddingClient:
+    """POST texts to ``{base_url}/embeddings`` and return one vector per text, in order."""
+
+    def __init__(
+        self, *, base_url: str, model: str, api_key: str = "", timeout_s: float = 60.0, connect_timeout_s: float = 5.0,
+        max_retries: int = 3, backoff_s: float = 0.5, max_backoff_s: float = 10.0,
+    ) -> None:
+        self.base_url = normalise_base_url(base_url)
+        if not self.base_url:
+            raise ValueError("base_url is empty; give the endpoint's /v1 URL, e.g. http://gpu1:8000/v1")
+        if not model:
+            raise ValueError("model is empty; give the model name the endpoint serves")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
+        self.model = model
+        self.url = self.base_url + "/embeddings"
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.timeout_s = timeout_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # One pooled client: repeated batches reuse the connection.
+        self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+                                  follow_redirects=True)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OpenAIEmbeddingClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        """Return the endpoint's vector for each text, in the order of ``texts``."""
+        if not texts:
+            return []
+        response = self._post({"model": self.model, "input": list(texts)})
+        return self._vectors(response, len(texts))
+
+    def _post(self, payload: dict[str, Any]) -> httpx.Response:
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = self._http.post(self.url, json=payload)
+            except httpx.ConnectError as exc:
+                problem = f"could not connect to {self.url}: {_reason(exc)}. Is the server running there?"
+                retry_after = None
+            except httpx.TimeoutException:
+                problem = f"{self.url} gave no answer within {self.timeout_s:g} s"
+                retry_after = None
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                problem = f"the connection to {self.url} broke: {_reason(exc)}"
+                retry_after = None
+            else:
+                if response.status_code not in RETRY_STATUS:
+                    self._raise_for_status(response)
+                    return response
+                problem = f"{self.url} answered HTTP {response.status_code}: {_server_message(response)}"
+                retry_after = _retry_after(response)
+            if last:
+                tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+                raise EmbeddingProviderUnavailable(problem + tries)
+            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+            time.sleep(min(self.max_backoff_s, retry_after) if retry_after is not None else delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise_for_status(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if status == 200:
+            return
+        if status in (401, 403):
+            raise EmbeddingProviderError(f"{self.url} refused the API key (HTTP {status})")
+        if status == 404 and not self.base_url.endswith("/v1"):
+            raise EmbeddingProviderError(
+                f"{self.url} answered 404; OpenAI-compatible servers usually live under /v1 (try {self.base_url}/v1)"
+            )
+        if status in (404, 405, 501):
+            raise EmbeddingProviderError(
+                f"{self.url} answered HTTP {status}: this server does not serve embeddings "
+                f"(vLLM needs an embedding model, llama.cpp needs --embedding); {_server_message(response)}"
+            )
+        raise EmbeddingProviderError(f"{self.url} answered HTTP {status}: {_server_message(response)}")
+
+    def _vectors(self, response: httpx.Response, expected: int) -> list[list[float]]:
+        try:
+            items = response.json()["data"]
+            ordered = sorted(items, key=lambda item: int(item.get("index", 0))) if all(
+                "index" in item for item in items) else items
+            vectors = [item["embedding"] for item in ordered]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise EmbeddingProviderError(
+                f"{self.url} answered, but not with an OpenAI-compatible embeddings list: {response.text[:200]!r}"
+            ) from None
+        if len(vectors) != expected:
+            raise EmbeddingProviderError(f"{self.url} returned {len(vectors)} embeddings for {expected} texts")
+        for vector in vectors:
+            if isinstance(vector, str):
+                raise EmbeddingProviderError(f"{self.url} returned base64 embeddings; expected lists of floats")
+            if not isinstance(vector, Sequence) or not vector or not all(
+                    isinstance(x, (int, float)) for x in vector):
+                nested = isinstance(vector, Sequence) and bool(vector) and isinstance(vector[0], Sequence)
+                hint = (" per-token vectors: the server does no pooling (for llama.cpp set the model's "
+                        "pooling_type, e.g. --kv_overrides llama.pooling_type=int:1)") if nested else " a bad vector"
+                raise EmbeddingProviderError(f"{self.url} returned{hint}")
+        return [[float(x) for x in vector] for vector in vectors]
+
+
+def openai_embedder(
+    base_url: str, model: str, api_key: str = "", *, dimensions: int | None = None, batch_size: int = 64,
+    timeout_s: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5,
+) -> OpenAIEmbedder:
+    """Build the `openai` embedder on an OpenAI-compatible endpoint, with its HTTP client."""
+    client = OpenAIEmbeddingClient(base_url=base_url, model=model, api_key=api_key, timeout_s=timeout_s,
+                                   max_retries=max_retries, backoff_s=backoff_s)
+    return OpenAIEmbedder(client=client, model=model, dimensions=dimensions, batch_size=batch_size)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return "connection refused" if "refused" in text.lower() else text
+
+
+def _server_message(response: httpx.Response) -> str:
+    """Return the error message in an OpenAI-style error body, or the start of the body."""
+    try:
+        body = response.json()
+        error = body.get("error", body) if isinstance(body, dict) else body
+        message = error.get("message") if isinstance(error, dict) else None
+        if message is None and isinstance(body, dict):
+            message = body.get("detail")
+        if message:
+            return str(message)[:300]
+    except ValueError:
+        pass
+    return response.text[:300] or "(empty body)"
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: fall back to our own backoff
