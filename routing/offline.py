@@ -54,7 +54,7 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (total - done) / rate if rate > 0 else 0.0
-        text = f"{self.label}: {done}/{total} ({100 * fraction:.0f}%, {rate:.0f}/s, eta {eta:.0f} s)"
+        text = f"{self.label}: {done}/{total} ({100 * fraction:.0f}%, {rate:.3g}/s, eta {eta:.0f} s)"
         if self.tty:
             bar = "#" * int(30 * fraction)
             sys.stderr.write(f"\r[{bar:<30}] {text}" + ("\n" if done >= total else ""))

@@ -230,7 +230,8 @@ def test_it_retries_overload_and_server_errors_then_succeeds() -> None:
     with scripted_server(*replies) as srv:
         vectors = client(srv.base_url, api_key="sk-test").embed(["a", "b"])
     assert len(srv.requests) == 3
-    assert srv.requests[0] == {"path": "/v1/embeddings", "auth": "Bearer sk-test", "json": {"model": "m", "input": ["a", "b"]}}
+    assert srv.requests[0] == {"path": "/v1/embeddings", "auth": "Bearer sk-test",
+                               "json": {"model": "m", "input": ["a", "b"]}}
     assert vectors == [[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]  # put back in index order
 
 

@@ -21,6 +21,7 @@ from routing.core.embedding import (
     EmbeddingCache,
     ProgressCallback,
     get_embedder,
+    normalise_rows,
     register_embedder,
     text_hash,
 )
@@ -43,7 +44,7 @@ class CountingEmbedder:
                          for t in texts], dtype=np.float32).reshape(-1, self.dimensions)
         if progress is not None and texts:
             progress(len(texts), len(texts))
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        return normalise_rows(rows)
 
 
 def cosines(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -181,12 +182,14 @@ def test_minilm_rows_are_unit_length_float32(minilm: Embedder) -> None:
     assert minilm.embed([]).shape == (0, 384)
 
 
-def test_minilm_keeps_the_callers_order_with_mixed_lengths(minilm: Embedder) -> None:
+def test_minilm_keeps_the_callers_order_with_mixed_lengths(minilm: Embedder, onnx_dir: Path) -> None:
     texts = ["short", "a much longer sentence " * 30, "mid length text about cats", "x", "word " * 400,
              "another one of medium size here", "tiny", "the end of the list, with some more words"]
     together = minilm.embed(texts)
     alone = np.vstack([minilm.embed([text]) for text in texts])
     assert cosines(together, alone).min() > 0.9999
+    one_per_batch = get_embedder("minilm", cache_dir=onnx_dir, max_batch_tokens=1).embed(texts)
+    assert cosines(together, one_per_batch).min() > 0.9999
 
 
 def test_minilm_matches_sentence_transformers(minilm: Embedder, minilm_torch: Embedder) -> None:
