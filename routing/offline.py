@@ -289,8 +289,8 @@ def draw_plots(result: dict[str, Any], out: Path) -> None:
         labels = [r[name] for r in table]
         means = [r["mean"] for r in table]
         ax.barh(labels, means, xerr=[r["std"] for r in table], color="tab:green", alpha=0.7)
-        for y, value in enumerate(means):
-            ax.text(value, y, f" {value:.1f}", va="center", fontsize=9)
+        for y, row in enumerate(table):
+            ax.text(row["mean"] + row["std"], y, f"  {row['mean']:.1f}", va="center", fontsize=9)
         ax.set_xlim(min(means) - 5, max(means) + 5)
         ax.set_xlabel("test accuracy (%)")
         ax.set_title(title)
