@@ -66,3 +66,20 @@ def test_bad_input_gets_a_clear_message(tmp_path) -> None:  # type: ignore[no-un
     bad.write_text('{"id": "1", "dataset": "d", "query": "q", "scores": {"m": 3}}\n')
     done = run("evaluate", str(bad))
     assert done.returncode == 1 and "line 1, scores.m: 3 is outside [0, 1]" in done.stderr
+
+
+def test_the_sweep_writes_its_json_and_figures(tmp_path, llmrouter_records) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "sweep"
+    done = run("sweep", str(llmrouter_records), "--k", "1,8", "--seeds", "42", "--methods", "kmeans,birch",
+               "--embedders", "minilm", "--ablation-seeds", "1", "--shrinkage", "32", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "sweep.json").read_text())
+    assert [row["k"] for row in result["k_sweep"]] == [1, 8]
+    one = result["k_sweep"][0]
+    # One cluster routes everything to the best train model: plain and shrunk profiles agree.
+    assert one["plain_test"]["mean"] == one["robust_test"]["mean"]
+    assert [row["method"] for row in result["methods"]] == ["kmeans", "birch"]
+    assert [row["models"] for row in result["models"]] == list(range(1, 10))
+    assert len(set(result["models"][-1]["team"])) == 9
+    for name in ("fig3_k_sweep.png", "fig4_models.png", "table4_methods.png", "table5_embedders.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
