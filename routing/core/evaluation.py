@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from routing.core.clustering import fit_clusters
-from routing.core.profiles import Profiles, build_profiles, nan_mean, select_models
+from routing.core.profiles import build_profiles, nan_mean
 from routing.core.router import ClusterRouter, KnnRouter, Router, SoftClusterRouter, rank_models
 
 METHODS = ("avengers", "avengers_soft", "knn", "best_single", "best_per_dataset", "random", "oracle")
@@ -180,8 +180,3 @@ def choose_shrinkage(cv: dict[float, list[float]]) -> float:
     values = np.asarray(cv[best], dtype=np.float64)
     se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
     return max(s for s, m in means.items() if m >= means[best] - se)
-
-
-def team_profiles(router: ClusterRouter, size: int) -> tuple[list[str], Profiles]:
-    team = select_models(router.profiles, size)
-    return team, router.profiles.subset(team)

@@ -53,7 +53,9 @@ def choose(router: Router, embeddings: NDArray[np.floating], top_n: int = 1) -> 
 
 
 @dataclass(frozen=True)
-class ClusterRouter:
+class _ProfiledRouter:
+    """A router over clusters and their capability profiles."""
+
     clustering: Clustering
     profiles: Profiles
 
@@ -65,24 +67,17 @@ class ClusterRouter:
     def overall(self) -> NDArray[np.float64]:
         return self.profiles.overall
 
+
+@dataclass(frozen=True)
+class ClusterRouter(_ProfiledRouter):
     def model_scores(self, embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
         return self.profiles.estimates[self.clustering.assign(embeddings)]
 
 
 @dataclass(frozen=True)
-class SoftClusterRouter:
-    clustering: Clustering
-    profiles: Profiles
+class SoftClusterRouter(_ProfiledRouter):
     neighbours: int = 3
     temperature: float = 0.05
-
-    @property
-    def models(self) -> tuple[str, ...]:
-        return self.profiles.models
-
-    @property
-    def overall(self) -> NDArray[np.float64]:
-        return self.profiles.overall
 
     def model_scores(self, embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
         similarity = self.clustering.similarities(embeddings).astype(np.float64)
