@@ -15,8 +15,7 @@ out-of-distribution ones (test only).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,7 +56,6 @@ class Report:
     per_dataset: dict[str, float]
     in_distribution: float | None
     out_of_distribution: float | None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 def realised_scores(order: NDArray[np.intp], scores: NDArray[np.float64], top_n: int = 1) -> NDArray[np.float64]:
