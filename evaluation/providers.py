@@ -1,10 +1,28 @@
 """Network adapters for OpenAI-compatible model servers (vLLM, llama.cpp, any /v1 endpoint)."""
 from __future__ import annotations
 
+import dataclasses
+import logging
+import random
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
+
+from evaluation.core.generation import (
+    BREAKER_KINDS,
+    ChatRequest,
+    Choice,
+    CircuitBreaker,
+    CircuitOpenError,
+    Completion,
+    GenerationError,
+    RetryPolicy,
+    parse_retry_after,
+)
 
 
 @dataclass(frozen=True)
@@ -53,3 +71,278 @@ def check_connection(*, base_url: str, api_key: str, model_id: str, timeout_s: f
 def _reason(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
     return "connection refused" if "refused" in text.lower() else text
+
+
+# --- Chat completions -------------------------------------------------------------------------------------------
+
+_log = logging.getLogger(__name__)
+_ERROR_TEXT_CHARS = 300
+
+
+class OpenAIChatClient:
+    """Call POST {base_url}/chat/completions with bounded concurrency, retries with backoff and a circuit breaker.
+
+    Thread-safe: one object serves every thread that talks to its endpoint (see ``client_for``).
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str = "",
+        max_concurrency: int = 8,
+        timeout_s: float = 120.0,
+        connect_timeout_s: float = 5.0,
+        retry: RetryPolicy = RetryPolicy(),
+        breaker: CircuitBreaker | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.retry = retry
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
+        self._api_key = api_key
+        self._sleep = sleep
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._last_failure = ""
+        # As many pooled connections as slots, so a request holding a slot never waits for a connection.
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAIChatClient(base_url={self.base_url!r}, max_concurrency={self.max_concurrency})"
+
+    def complete(self, request: ChatRequest) -> Completion:
+        """Return exactly ``request.n`` choices, topping up with more requests when the server returns fewer."""
+        started = time.perf_counter()
+        choices: list[Choice] = []
+        prompt_tokens: int | None = None
+        completion_tokens: int | None = 0
+        server_model = ""
+        attempts = 0
+        while len(choices) < request.n:
+            remaining = request.n - len(choices)
+            part = request
+            if choices:
+                # Servers that ignore n (llama.cpp) would repeat the same sample for the same seed.
+                seed = None if request.seed is None else request.seed + len(choices)
+                part = dataclasses.replace(request, n=remaining, seed=seed)
+            reply, attempts = self._send(part, attempts_before=attempts)
+            choices.extend(reply.choices[:remaining])
+            if prompt_tokens is None:
+                prompt_tokens = reply.prompt_tokens
+            completion_tokens = (None if completion_tokens is None or reply.completion_tokens is None
+                                 else completion_tokens + reply.completion_tokens)
+            server_model = server_model or reply.server_model
+        return Completion(
+            choices=tuple(choices),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            attempts=attempts,
+            server_model=server_model,
+        )
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    def _send(self, request: ChatRequest, *, attempts_before: int) -> tuple[Completion, int]:
+        """POST one request with retries; return the reply and the attempts made so far in this complete() call."""
+        payload = request.payload()
+        attempts = attempts_before
+        for attempt in range(1, self.retry.max_attempts + 1):
+            with self._slots:
+                # Asked after getting a slot, so requests queued behind a dying endpoint fail fast too.
+                if not self.breaker.allow():
+                    raise self._circuit_open(attempts)
+                attempts += 1
+                try:
+                    reply = self._post(payload)
+                except GenerationError as error:
+                    failure = error
+                except BaseException:
+                    self.breaker.release()  # a bug or an interrupt says nothing about the endpoint
+                    raise
+                else:
+                    self.breaker.record_success()
+                    return reply, attempts
+            if failure.kind in BREAKER_KINDS:
+                self._last_failure = failure.message
+                self.breaker.record_failure()
+            else:
+                self.breaker.release()
+            retry_after = failure.retry_after_s if isinstance(failure, _RateLimited) else None
+            if retry_after is not None and retry_after > self.retry.max_retry_after_s:
+                raise self._give_up(failure, attempts, f"it asks to wait {retry_after:.0f} s, longer than the "
+                                                       f"{self.retry.max_retry_after_s:g} s this client waits")
+            if not failure.retryable or attempt == self.retry.max_attempts:
+                raise self._give_up(failure, attempts)
+            with self._rng_lock:
+                delay = self.retry.delay_s(attempt, retry_after_s=retry_after, rng=self._rng)
+            _log.info("%s; retrying in %.2f s (attempt %d of %d)", failure.message, delay, attempt + 1,
+                      self.retry.max_attempts)
+            self._sleep(delay)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _post(self, payload: dict[str, Any]) -> Completion:
+        """Make one HTTP attempt; raise GenerationError (attempts=1) saying what went wrong."""
+        url = self.url
+        try:
+            response = self._http.post(url, json=payload)
+        except httpx.ConnectTimeout:
+            raise GenerationError("timeout", f"could not connect to {url} within {self.connect_timeout_s:g} s; "
+                                             "is the host up and the port open?") from None
+        except httpx.TimeoutException:
+            raise GenerationError("timeout", f"{url} gave no reply within {self.timeout_s:g} s; the server may be "
+                                             "overloaded, or the timeout too short for this model") from None
+        except httpx.ConnectError as exc:
+            raise GenerationError("connect", f"could not connect to {url}: {self._scrub(_reason(exc))}. "
+                                             "Is the server running there?") from None
+        except httpx.RemoteProtocolError as exc:
+            raise GenerationError("connect", f"{url} closed the connection without a proper reply "
+                                             f"({self._scrub(_reason(exc))}); did the server crash or restart?"
+                                  ) from None
+        except httpx.NetworkError as exc:
+            raise GenerationError("connect", f"the connection to {url} broke ({self._scrub(_reason(exc))}); "
+                                             "did the server crash or restart?") from None
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # A bad URL or scheme: retrying cannot help.
+            raise GenerationError("client_error", f"could not send a request to {url}: {self._scrub(_reason(exc))}. "
+                                                  "Check the endpoint's base URL", retryable=False) from None
+        code = response.status_code
+        if code == 429:
+            raise _RateLimited(f"{url} is rate limiting (HTTP 429): {self._error_text(response)}",
+                               retry_after_s=parse_retry_after(response.headers.get("Retry-After")))
+        if code >= 500:
+            raise GenerationError("server_error", f"{url} answered HTTP {code}: {self._error_text(response)}",
+                                  status_code=code)
+        if code in (401, 403):
+            raise GenerationError("client_error", f"{url} refused the API key (HTTP {code}): "
+                                                  f"{self._error_text(response)}. Check the endpoint's API key",
+                                  status_code=code)
+        if code == 404:
+            hint = ("; check the model name and that the base URL ends in /v1" if not self.base_url.endswith("/v1")
+                    else "; check the model name")
+            raise GenerationError("client_error", f"{url} answered HTTP 404: {self._error_text(response)}{hint}",
+                                  status_code=code)
+        if not 200 <= code < 300:
+            raise GenerationError("client_error", f"{url} rejected the request with HTTP {code}: "
+                                                  f"{self._error_text(response)}", status_code=code)
+        return self._parse(response)
+
+    def _parse(self, response: httpx.Response) -> Completion:
+        url = self.url
+        try:
+            body = response.json()
+        except ValueError:
+            raise GenerationError("malformed", f"{url} answered HTTP {response.status_code} with a body that is not "
+                                               f"JSON: {self._error_text(response)}",
+                                  status_code=response.status_code) from None
+        try:
+            raw_choices = body["choices"]
+            if not isinstance(raw_choices, list) or not raw_choices:
+                raise TypeError("no choices")
+            choices = []
+            for raw in raw_choices:
+                text = raw["message"]["content"]
+                if not isinstance(text, str):
+                    raise TypeError("content is not a string")
+                choices.append(Choice(text=text, finish_reason=str(raw.get("finish_reason") or "")))
+        except (KeyError, TypeError, AttributeError):
+            raise GenerationError("malformed", f"{url} answered HTTP {response.status_code} but not with an OpenAI "
+                                               f"chat completion (no choices[].message.content): "
+                                               f"{self._error_text(response)}",
+                                  status_code=response.status_code) from None
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        return Completion(
+            choices=tuple(choices),
+            prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+            completion_tokens=_int_or_none(usage.get("completion_tokens")),
+            latency_ms=0.0,
+            attempts=1,
+            server_model=str(body.get("model") or ""),
+        )
+
+    def _give_up(self, failure: GenerationError, attempts: int, why: str = "") -> GenerationError:
+        message = failure.message
+        if why:
+            message += f"; not retried: {why}"
+        elif failure.retryable:
+            message += f" (gave up after {attempts} attempt{'s' if attempts != 1 else ''})"
+        return GenerationError(failure.kind, self._scrub(message), status_code=failure.status_code,
+                               attempts=attempts, retryable=failure.retryable)
+
+    def _circuit_open(self, attempts: int) -> CircuitOpenError:
+        retry_in = self.breaker.retry_in_s()
+        last = f"; last error: {self._last_failure}" if self._last_failure else ""
+        return CircuitOpenError(
+            self._scrub(f"{self.url} failed repeatedly, so no request was sent (circuit breaker open); "
+                        f"retry in {retry_in:.1f} s{last}"),
+            retry_in_s=retry_in, attempts=attempts,
+        )
+
+    def _error_text(self, response: httpx.Response) -> str:
+        """Return the server's error message, or the start of its body, without the API key."""
+        text = response.text
+        try:
+            error = response.json().get("error")
+            if isinstance(error, dict) and error.get("message"):
+                text = str(error["message"])
+            elif isinstance(error, str) and error:
+                text = error
+        except (ValueError, AttributeError):
+            pass
+        text = " ".join(text.split()) or "(empty body)"
+        if len(text) > _ERROR_TEXT_CHARS:
+            text = text[:_ERROR_TEXT_CHARS] + "…"
+        return self._scrub(text)
+
+    def _scrub(self, text: str) -> str:
+        # Some servers echo the key they refused; never let it reach a message, a log or the database.
+        # Keys too short to be secret ("x") would garble the text instead.
+        return text.replace(self._api_key, "***") if len(self._api_key) >= 4 else text
+
+
+class _RateLimited(GenerationError):
+    """A 429 from one attempt, with the wait its Retry-After asked for; never leaves the client."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None) -> None:
+        super().__init__("rate_limited", message, status_code=429)
+        self.retry_after_s = retry_after_s
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_clients: dict[tuple[str, str], OpenAIChatClient] = {}
+_clients_lock = threading.Lock()
+
+
+def client_for(*, base_url: str, api_key: str = "", max_concurrency: int = 8, timeout_s: float = 120.0
+               ) -> OpenAIChatClient:
+    """Return the process-wide client of this endpoint (one per (base_url, api_key)), so every caller shares its slots and circuit.
+
+    If the endpoint's max_concurrency or timeout changed, a fresh client replaces the old one; calls still
+    running on the old one finish there.
+    """
+    key = (base_url.rstrip("/"), api_key)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None or (client.max_concurrency, client.timeout_s) != (max_concurrency, timeout_s):
+            client = OpenAIChatClient(base_url=base_url, api_key=api_key, max_concurrency=max_concurrency,
+                                      timeout_s=timeout_s)
+            _clients[key] = client
+        return client
