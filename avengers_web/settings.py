@@ -169,6 +169,18 @@ DEFAULT_SPLIT_SEED = envint("AVENGERS_SPLIT_SEED", "42")
 # How long GET /v1/models may take during "test connection".
 MODEL_CHECK_TIMEOUT_S = float(os.environ.get("AVENGERS_MODEL_CHECK_TIMEOUT_S", "10"))
 
+# Evaluation engine: model calls, retries, and how workers notice a dead worker's batch.
+GENERATION_TIMEOUT_S = float(os.environ.get("AVENGERS_GENERATION_TIMEOUT_S", "120"))
+GENERATION_MAX_ATTEMPTS = envint("AVENGERS_GENERATION_MAX_ATTEMPTS", "4")
+EVAL_HEARTBEAT_S = float(os.environ.get("AVENGERS_EVAL_HEARTBEAT_S", "5"))
+# A running batch whose heartbeat is older than this belongs to a dead worker and is handed out again.
+EVAL_STALE_AFTER_S = float(os.environ.get("AVENGERS_EVAL_STALE_AFTER_S", "120"))
+EVAL_SWEEP_EVERY_S = float(os.environ.get("AVENGERS_EVAL_SWEEP_EVERY_S", "30"))
+# A batch that meets an open circuit waits and retries this many times before its samples are recorded as failed.
+EVAL_MAX_DEFERRALS = envint("AVENGERS_EVAL_MAX_DEFERRALS", "3")
+if EVAL_STALE_AFTER_S <= EVAL_HEARTBEAT_S:
+    raise ImproperlyConfigured("AVENGERS_EVAL_STALE_AFTER_S must be larger than AVENGERS_EVAL_HEARTBEAT_S")
+
 # Celery: the default broker is kombu's filesystem transport in DATA_DIR/broker, which needs no
 # service; set CELERY_BROKER_URL=redis://host:6379/0 in production.
 CELERY_BROKER_URL = envsecret("CELERY_BROKER_URL", "filesystem://")
@@ -190,6 +202,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", "false")
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULE = {
+    # Hands a dead worker's batches to live workers; run a worker with -B (or `celery beat`) to schedule it.
+    "evaluation-sweep": {"task": "evaluation.tasks.evaluation_sweep", "schedule": EVAL_SWEEP_EVERY_S},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -7,7 +7,18 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
-from evaluation.models import Dataset, DatasetImport, LanguageModel, ModelResponse, Query, QueryEmbedding
+from evaluation.models import (
+    Dataset,
+    DatasetImport,
+    EvaluationBatch,
+    EvaluationRun,
+    EvaluationRunModel,
+    GenerationCache,
+    LanguageModel,
+    ModelResponse,
+    Query,
+    QueryEmbedding,
+)
 
 
 @admin.register(Dataset)
@@ -65,10 +76,11 @@ class LanguageModelAdmin(admin.ModelAdmin):
 
 @admin.register(ModelResponse)
 class ModelResponseAdmin(admin.ModelAdmin):
-    list_display = ["model", "query", "sample_index", "source", "score", "correct", "finish_reason", "created_at"]
-    list_filter = ["source", "correct", "model", "query__dataset", "query__split"]
-    search_fields = ["query__external_id", "text", "extracted", "error"]
-    raw_id_fields = ["query", "model"]
+    list_display = ["model", "query", "sample_index", "source", "score", "correct", "cached", "error_kind",
+                    "created_at"]
+    list_filter = ["source", "correct", "cached", "error_kind", "model", "query__dataset", "query__split"]
+    search_fields = ["query__external_id", "text", "extracted", "error", "params_key"]
+    raw_id_fields = ["query", "model", "run"]
     list_select_related = ["model", "query"]
 
 
@@ -81,3 +93,42 @@ class DatasetImportAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in DatasetImport._meta.fields if f.name != "payload"]
+
+
+class EvaluationRunModelInline(admin.TabularInline):
+    model = EvaluationRunModel
+    extra = 0
+    raw_id_fields = ["model"]
+    readonly_fields = ["params", "templates", "params_keys"]
+
+
+@admin.register(EvaluationRun)
+class EvaluationRunAdmin(admin.ModelAdmin):
+    list_display = ["id", "dataset", "split", "samples", "status", "n_queries", "created_by", "created_at", "finished_at"]
+    list_filter = ["status", "split", "dataset"]
+    search_fields = ["message", "dataset__name"]
+    raw_id_fields = ["dataset"]
+    inlines = [EvaluationRunModelInline]
+
+
+@admin.register(EvaluationRunModel)
+class EvaluationRunModelAdmin(admin.ModelAdmin):
+    list_display = ["run", "model"]
+    list_filter = ["model"]
+    search_fields = ["model__name", "params_keys"]
+    raw_id_fields = ["run", "model"]
+
+
+@admin.register(EvaluationBatch)
+class EvaluationBatchAdmin(admin.ModelAdmin):
+    list_display = ["id", "run", "model", "status", "attempts", "claimed_by", "heartbeat_at", "not_before"]
+    list_filter = ["status", "model"]
+    search_fields = ["claimed_by", "message"]
+    raw_id_fields = ["run", "model"]
+
+
+@admin.register(GenerationCache)
+class GenerationCacheAdmin(admin.ModelAdmin):
+    list_display = ["key", "served_model", "base_url", "hits", "created_at"]
+    list_filter = ["served_model"]
+    search_fields = ["key", "served_model", "text"]

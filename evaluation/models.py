@@ -9,10 +9,18 @@ from pgvector.django import VectorField
 
 from evaluation.core.datasets import NAME_PATTERN, SPLITS, TASK_TYPES
 from evaluation.core.endpoints import normalise_base_url
+from evaluation.core.prompts import validate_templates
 
 name_validator = RegexValidator(
     NAME_PATTERN, "Use letters, digits, '.', '_', '-', ':' or '/', starting with a letter or digit."
 )
+
+
+def validate_templates_field(value: object) -> None:
+    try:
+        validate_templates(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def validate_base_url(value: str) -> None:
@@ -29,6 +37,10 @@ class Dataset(models.Model):
     split_seed = models.IntegerField(help_text="Seed of the 70/30 split of queries that came without one.")
     test_fraction = models.FloatField(default=0.3)
     metadata = models.JSONField(default=dict, blank=True)
+    prompt_templates = models.JSONField(
+        default=dict, blank=True, validators=[validate_templates_field],
+        help_text='Task type -> template with {query}; overrides the defaults for this dataset\'s queries.',
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -104,6 +116,10 @@ class LanguageModel(models.Model):
     served_model_id = models.CharField(max_length=300, blank=True, help_text="The id the server knows it by.")
     api_key = models.CharField(max_length=500, blank=True, help_text="Sent as a bearer token; never shown again.")
     default_params = models.JSONField(default=dict, blank=True)
+    prompt_templates = models.JSONField(
+        default=dict, blank=True, validators=[validate_templates_field],
+        help_text="Task type -> template with {query}; overrides the dataset's and the default templates.",
+    )
     max_concurrency = models.PositiveIntegerField(default=8, validators=[MinValueValidator(1)])
     cost_input_per_mtok = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
     cost_output_per_mtok = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
@@ -146,7 +162,16 @@ class ModelResponse(models.Model):
     model = models.ForeignKey(LanguageModel, on_delete=models.CASCADE, related_name="responses")
     query = models.ForeignKey(Query, on_delete=models.CASCADE, related_name="responses")
     sample_index = models.PositiveIntegerField(default=0)
+    params_key = models.CharField(
+        max_length=32, blank=True, default="",
+        help_text="Which sampling parameters and template made it (empty: imported). Part of the unique key.",
+    )
     source = models.CharField(max_length=10, choices=Source.choices)
+    run = models.ForeignKey("EvaluationRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="responses",
+                            help_text="The evaluation run that generated it.")
+    cached = models.BooleanField(default=False, help_text="Answered from the response cache, not the server.")
+    attempts = models.PositiveSmallIntegerField(null=True, blank=True, help_text="HTTP attempts it took.")
+    error_kind = models.CharField(max_length=20, blank=True)
     prompt = models.TextField(blank=True)
     text = models.TextField(blank=True)
     params = models.JSONField(default=dict, blank=True)
@@ -166,16 +191,21 @@ class ModelResponse(models.Model):
     class Meta:
         ordering = ["query_id", "model_id", "sample_index"]
         constraints = [
-            models.UniqueConstraint(fields=["model", "query", "sample_index"], name="response_unique_sample"),
+            models.UniqueConstraint(fields=["model", "query", "sample_index", "params_key"],
+                                    name="response_unique_sample_params"),
             models.CheckConstraint(
                 condition=models.Q(score__isnull=True) | models.Q(score__gte=0, score__lte=1),
                 name="response_score_in_unit_interval",
             ),
         ]
-        indexes = [models.Index(fields=["query", "model"])]
+        indexes = [models.Index(fields=["query", "model"]), models.Index(fields=["model", "params_key"])]
 
     def __str__(self) -> str:
         return f"{self.model_id}/{self.query_id}#{self.sample_index}"
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error)
 
 
 class DatasetImport(models.Model):
@@ -213,3 +243,112 @@ class DatasetImport(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)
+
+
+class EvaluationRun(models.Model):
+    """Models x one dataset's split x samples, generated and graded by workers; resumable and cancellable."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        CANCELLED = "cancelled"
+        DONE = "done"
+
+    class Split(models.TextChoices):
+        TRAIN = "train"
+        TEST = "test"
+        ALL = "all"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="evaluation_runs")
+    split = models.CharField(max_length=5, choices=Split.choices, default=Split.TRAIN)
+    samples = models.PositiveIntegerField(default=1, validators=[MinValueValidator(1)])
+    params = models.JSONField(default=dict, blank=True, help_text="Sampling parameters sent with every request.")
+    use_cache = models.BooleanField(default=True, help_text="Answer seeded requests from the response cache.")
+    limit = models.PositiveIntegerField(null=True, blank=True, help_text="Only the first N queries of the split.")
+    n_queries = models.PositiveIntegerField(default=0)
+    max_query_id = models.BigIntegerField(default=0, help_text="Queries added to the dataset later are not in the run.")
+    batch_size = models.PositiveIntegerField(default=25)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    message = models.TextField(blank=True)
+    language_models = models.ManyToManyField(LanguageModel, through="EvaluationRunModel", related_name="evaluation_runs")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When it was last started or resumed.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    completed_at_start = models.PositiveIntegerField(default=0, help_text="Samples already finished when (re)started.")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} on {self.dataset_id} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in (self.Status.PENDING, self.Status.RUNNING)
+
+
+class EvaluationRunModel(models.Model):
+    """One model of a run, with the template and parameters key its responses are stored under."""
+
+    run = models.ForeignKey(EvaluationRun, on_delete=models.CASCADE, related_name="run_models")
+    model = models.ForeignKey(LanguageModel, on_delete=models.CASCADE, related_name="run_models")
+    params = models.JSONField(default=dict, help_text="The model's defaults overridden by the run's parameters.")
+    templates = models.JSONField(default=dict, help_text="Task type -> the template used (a snapshot).")
+    params_keys = models.JSONField(default=dict, help_text="Task type -> the params_key its responses are stored under.")
+
+    class Meta:
+        ordering = ["model__name"]
+        constraints = [models.UniqueConstraint(fields=["run", "model"], name="run_model_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.run_id}/{self.model_id}"
+
+
+class EvaluationBatch(models.Model):
+    """A slice of a run's queries for one model: the unit a worker claims, heartbeats and finishes."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+
+    run = models.ForeignKey(EvaluationRun, on_delete=models.CASCADE, related_name="batches")
+    model = models.ForeignKey(LanguageModel, on_delete=models.CASCADE, related_name="+")
+    query_ids = models.JSONField(default=list)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    not_before = models.DateTimeField(null=True, blank=True, help_text="Wait until then (an open circuit).")
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "evaluation batches"
+        indexes = [models.Index(fields=["run", "model", "status"]), models.Index(fields=["status", "heartbeat_at"])]
+
+    def __str__(self) -> str:
+        return f"batch {self.pk} of run {self.run_id} ({self.status})"
+
+
+class GenerationCache(models.Model):
+    """A stored answer to one seeded request, keyed by endpoint, served model, prompt and parameters."""
+
+    key = models.CharField(max_length=64, unique=True)
+    base_url = models.CharField(max_length=500)
+    served_model = models.CharField(max_length=300)
+    params = models.JSONField(default=dict)
+    text = models.TextField()
+    finish_reason = models.CharField(max_length=30, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    hits = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "generation cache"
+
+    def __str__(self) -> str:
+        return f"{self.served_model} {self.key[:12]}"

@@ -5,9 +5,18 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Avg, Count, Q, QuerySet
+from django.db.models import Avg, Count, Q, QuerySet, Sum
+from django.utils import timezone
 
-from evaluation.models import Dataset, DatasetImport, LanguageModel, ModelResponse, Query
+from evaluation.models import (
+    Dataset,
+    DatasetImport,
+    EvaluationRun,
+    EvaluationRunModel,
+    LanguageModel,
+    ModelResponse,
+    Query,
+)
 
 
 def dataset_list() -> QuerySet[Dataset]:
@@ -133,3 +142,153 @@ def import_recent(limit: int = 10) -> QuerySet[DatasetImport]:
 
 def import_get(pk: int) -> DatasetImport | None:
     return DatasetImport.objects.defer("payload").filter(pk=pk).first()
+
+
+# ---------------------------------------------------------------------------------------------- evaluation runs
+
+
+def run_queries(dataset: Dataset, split: str) -> QuerySet[Query]:
+    queries = Query.objects.filter(dataset=dataset)
+    return queries if split == EvaluationRun.Split.ALL else queries.filter(split=split)
+
+
+def run_model_responses(run: EvaluationRun, run_model: EvaluationRunModel) -> QuerySet[ModelResponse]:
+    responses = ModelResponse.objects.filter(
+        model_id=run_model.model_id, params_key__in=list(run_model.params_keys.values()),
+        query__dataset_id=run.dataset_id, query_id__lte=run.max_query_id, sample_index__lt=run.samples,
+    )
+    if run.split != EvaluationRun.Split.ALL:
+        responses = responses.filter(query__split=run.split)
+    return responses
+
+
+def run_query_ids(run: EvaluationRun) -> list[int]:
+    ids = run_queries(run.dataset, run.split).filter(id__lte=run.max_query_id).order_by("id").values_list("id", flat=True)
+    return list(ids[: run.limit])
+
+
+@dataclass(frozen=True)
+class ModelProgress:
+    model_id: int
+    model_name: str
+    done: int
+    failed: int
+    cached: int
+    graded: int
+    correct: int
+    mean_score: float | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    total: int
+    done: int
+    failed: int
+    cached: int
+    remaining: int
+    rate_per_s: float | None
+    eta_s: float | None
+    models: list[ModelProgress]
+    batches: dict[str, int]
+
+    @property
+    def fraction(self) -> float:
+        return (self.done + self.failed) / self.total if self.total else 1.0
+
+
+def run_progress(run: EvaluationRun) -> RunProgress:
+    """Count done, failed and cached samples per model from the stored responses (the single source of truth)."""
+    models = []
+    for run_model in run.run_models.select_related("model"):
+        row = run_model_responses(run, run_model).aggregate(
+            done=Count("id", filter=Q(error="")), failed=Count("id", filter=~Q(error="")),
+            cached=Count("id", filter=Q(cached=True, error="")), graded=Count("id", filter=Q(score__isnull=False)),
+            correct=Count("id", filter=Q(correct=True)), mean=Avg("score"),
+            prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
+        )
+        models.append(ModelProgress(
+            model_id=run_model.model_id, model_name=run_model.model.name, done=row["done"], failed=row["failed"],
+            cached=row["cached"], graded=row["graded"], correct=row["correct"], mean_score=row["mean"],
+            prompt_tokens=row["prompt_tokens"] or 0, completion_tokens=row["completion_tokens"] or 0,
+        ))
+    total = run.n_queries * run.samples * len(models)
+    done = sum(m.done for m in models)
+    failed = sum(m.failed for m in models)
+    remaining = max(total - done - failed, 0)
+    rate = eta = None
+    if run.started_at is not None:
+        end = run.finished_at if run.finished_at and not run.is_active else timezone.now()
+        elapsed = (end - run.started_at).total_seconds()
+        progressed = done + failed - run.completed_at_start
+        if elapsed > 0 and progressed > 0:
+            rate = progressed / elapsed
+            eta = remaining / rate if run.is_active else None
+    batches = dict(run.batches.values_list("status").annotate(n=Count("id")).order_by())
+    return RunProgress(total=total, done=done, failed=failed, cached=sum(m.cached for m in models),
+                       remaining=remaining, rate_per_s=rate, eta_s=eta, models=models, batches=batches)
+
+
+def run_list(*, status: str = "") -> QuerySet[EvaluationRun]:
+    runs = EvaluationRun.objects.select_related("dataset", "created_by").prefetch_related("run_models__model")
+    return runs.filter(status=status) if status else runs
+
+
+def run_get(pk: int) -> EvaluationRun | None:
+    return run_list().filter(pk=pk).first()
+
+
+def dataset_by_name_or_id(value: str | int) -> Dataset | None:
+    text = str(value).strip()
+    found = Dataset.objects.filter(name=text).first()
+    if found is None and text.isdigit():
+        found = Dataset.objects.filter(pk=int(text)).first()
+    return found
+
+
+def models_by_name_or_id(values: list[str]) -> tuple[list[LanguageModel], list[str]]:
+    """Return the models named (or numbered) in ``values``, in that order, and the values that match none."""
+    found: list[LanguageModel] = []
+    unknown: list[str] = []
+    for value in values:
+        text = str(value).strip()
+        model = LanguageModel.objects.filter(name=text).first()
+        if model is None and text.isdigit():
+            model = LanguageModel.objects.filter(pk=int(text)).first()
+        if model is None:
+            unknown.append(text)
+        elif model not in found:
+            found.append(model)
+    return found, unknown
+
+
+def run_samples(run: EvaluationRun, *, model: str = "", verdict: str = "", search: str = "") -> QuerySet[ModelResponse]:
+    """Return the run's stored samples (shared with earlier runs of the same settings), filtered."""
+    selected = Q()
+    for run_model in run.run_models.all():
+        if not model or run_model.model.name == model:
+            selected |= Q(pk__in=run_model_responses(run, run_model).values("pk"))
+    if selected == Q():
+        return ModelResponse.objects.none()
+    samples = ModelResponse.objects.filter(selected).select_related("model", "query")
+    if verdict == "correct":
+        samples = samples.filter(correct=True)
+    elif verdict == "wrong":
+        samples = samples.filter(correct=False)
+    elif verdict == "ungraded":
+        samples = samples.filter(correct__isnull=True, error="")
+    elif verdict == "failed":
+        samples = samples.exclude(error="")
+    if search:
+        samples = samples.filter(Q(query__external_id__icontains=search) | Q(query__text__icontains=search)
+                                 | Q(text__icontains=search) | Q(extracted__icontains=search))
+    return samples.order_by("query_id", "model__name", "sample_index")
+
+
+# ---------------------------------------------------------------------------------------------- dashboard (views_runs)
+
+
+def run_model_choices() -> QuerySet[LanguageModel]:
+    """Return the models a new run can use: active ones that have an endpoint URL."""
+    return LanguageModel.objects.filter(is_active=True).exclude(base_url="").order_by("name")

@@ -180,7 +180,7 @@ def _write_responses(
     ):
         models[model.name] = model
     existing = set(
-        ModelResponse.objects.filter(query_id__in=list(query_ids.values()), sample_index=0)
+        ModelResponse.objects.filter(query_id__in=list(query_ids.values()), sample_index=0, params_key="")
         .values_list("model_id", "query_id")
     )
     rows = []

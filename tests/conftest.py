@@ -5,6 +5,7 @@ The embedded test database in .data/test/pg is started by the test settings and 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -85,16 +86,19 @@ def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
 
-def start_worker(broker_url: str, db_name: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(broker_url: str, db_name: str, log: Path, *, extra_env: dict[str, str] | None = None,
+                 beat: bool = False, name: str = "test") -> subprocess.Popen[bytes]:
+    """Start `celery worker` in its own session (so a test can kill it and all it started); with beat, also the sweeper."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "avengers_web.settings_test", "AVENGERS_DB_NAME": db_name,
-           "CELERY_BROKER_URL": broker_url, "CELERY_TASK_ALWAYS_EAGER": "false"}
+           "CELERY_BROKER_URL": broker_url, "CELERY_TASK_ALWAYS_EAGER": "false", **(extra_env or {})}
     env.pop("DATABASE_URL", None)
     handle = log.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "avengers_web", "worker", "--pool", "solo", "--loglevel", "INFO",
-         "--hostname", f"test-{os.getpid()}@%h", "--without-gossip", "--without-mingle"],
-        cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
-    )
+    command = [sys.executable, "-m", "celery", "-A", "avengers_web", "worker", "--pool", "solo", "--loglevel", "INFO",
+               "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+    if beat:
+        command += ["--beat", "--schedule", str(log.parent / f"beat-{name}")]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -111,23 +115,37 @@ def celery_worker_process(redis, django_db_setup, django_db_blocker) -> Iterator
     """Start `celery worker` as a separate process and send this process's tasks to it through Redis."""
     from django.db import connection
 
-    from avengers_web.celery import app
-
     log = Path(tempfile.mkdtemp(prefix="celery-worker-")) / "worker.log"
     process = start_worker(redis.url, connection.settings_dict["NAME"], log)
+    try:
+        with sending_tasks_to(redis.url):
+            yield process
+    finally:
+        stop_worker(process)
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def sending_tasks_to(broker_url: str) -> Iterator[None]:
+    """Send this process's tasks to ``broker_url`` (not eagerly) for the duration of the block."""
+    from avengers_web.celery import app
+
     saved = (app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options)
-    app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options = redis.url, False, {}
+    app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options = broker_url, False, {}
     _drop_broker_pools(app)
     try:
-        yield process
+        yield
     finally:
         app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options = saved
         _drop_broker_pools(app)
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _drop_broker_pools(app) -> None:  # type: ignore[no-untyped-def]

@@ -45,7 +45,7 @@ class Command(BaseCommand):
         token = self._token(user)
         children = [
             self._spawn([sys.executable, "-m", "celery", "-A", "avengers_web", "worker", "--loglevel", "INFO",
-                         "--concurrency", "2", "--hostname", "demo@%h"]),
+                         "--concurrency", "2", "--hostname", "demo@%h", "--beat"]),
             self._spawn([sys.executable, str(settings.BASE_DIR / "manage.py"), "runserver", "--noreload",
                          f"{options['host']}:{options['port']}"]),
         ]
