@@ -84,10 +84,17 @@ class DatasetDetailApi(APIView):
         stats = serializers.SerializerMethodField()
 
         class Meta(DatasetOutput.Meta):
-            fields = [*DatasetOutput.Meta.fields, "metadata", "stats"]
+            fields = [*DatasetOutput.Meta.fields, "metadata", "prompt_templates", "stats"]
 
         def get_stats(self, obj: Dataset) -> dict[str, Any]:
             return selectors.dataset_stats(obj)
+
+    class DatasetUpdateInput(serializers.Serializer):
+        description = serializers.CharField(required=False, allow_blank=True)
+        prompt_templates = serializers.DictField(
+            child=serializers.CharField(allow_blank=True), required=False,
+            help_text="Task type -> template containing {query}; used for this dataset's queries unless the model "
+                      "has its own.")
 
     @extend_schema(operation_id="datasets_retrieve", responses=DatasetDetailOutput)
     def get(self, request: Request, pk: int) -> Response:
@@ -95,6 +102,19 @@ class DatasetDetailApi(APIView):
         if dataset is None:
             raise Http404
         return Response(self.DatasetDetailOutput(dataset).data)
+
+    @extend_schema(operation_id="datasets_partial_update", request=DatasetUpdateInput, responses=DatasetDetailOutput)
+    def patch(self, request: Request, pk: int) -> Response:
+        dataset = selectors.dataset_get(pk)
+        if dataset is None:
+            raise Http404
+        serializer = self.DatasetUpdateInput(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        try:
+            services.dataset_update(dataset=dataset, user=request.user, **serializer.validated_data)
+        except services.ModelFieldError as exc:
+            raise _model_errors_as_400(exc) from None
+        return Response(self.DatasetDetailOutput(selectors.dataset_get(pk)).data)
 
 
 class QueryOutput(serializers.ModelSerializer):
@@ -159,7 +179,8 @@ class ModelOutput(serializers.ModelSerializer):
 
     class Meta:
         model = LanguageModel
-        fields = ["id", "name", "base_url", "served_model_id", "has_api_key", "default_params", "max_concurrency",
+        fields = ["id", "name", "base_url", "served_model_id", "has_api_key", "default_params", "prompt_templates",
+                  "max_concurrency",
                   "cost_input_per_mtok", "cost_output_per_mtok", "description", "is_active", "is_offline",
                   "n_responses", "last_checked_at", "last_check_ok", "last_check_message", "created_at", "updated_at"]
 
@@ -176,6 +197,10 @@ class ModelInput(serializers.Serializer):
                                     help_text="Write-only: never returned.")
     default_params = serializers.DictField(required=False,
                                            help_text=f"Sampling defaults; keys: {', '.join(ALLOWED_PARAMS)}.")
+    prompt_templates = serializers.DictField(
+        child=serializers.CharField(allow_blank=True), required=False,
+        help_text="Task type (math, mcq, code, label, qa, exact, or \"\" for all) -> template containing {query} "
+                  "(and {choices} for options); overrides the dataset's and the default templates.")
     max_concurrency = serializers.IntegerField(required=False, min_value=1, max_value=10000)
     cost_input_per_mtok = serializers.DecimalField(required=False, allow_null=True, max_digits=12, decimal_places=4,
                                                    min_value=0)

@@ -30,6 +30,7 @@ from evaluation.core.datasets import (
     text_hash,
 )
 from evaluation.core.endpoints import normalise_base_url
+from evaluation.core.prompts import validate_templates
 from evaluation.core.sampling import validate_sampling_params
 from evaluation.models import Dataset, DatasetImport, LanguageModel, ModelResponse, Query
 from evaluation.tasks import dataset_import_run as dataset_import_run_task
@@ -264,7 +265,30 @@ def dataset_import_run(*, import_id: int) -> None:
     )
 
 
+def _clean_templates(fields: dict[str, Any]) -> dict[str, Any]:
+    if "prompt_templates" in fields:
+        try:
+            fields["prompt_templates"] = validate_templates(fields["prompt_templates"] or {})
+        except ValueError as exc:
+            raise ModelFieldError("prompt_templates", str(exc)) from None
+    return fields
+
+
+def dataset_update(*, dataset: Dataset, user: User, **fields: Any) -> Dataset:
+    """Change a dataset's description or prompt templates (queries and splits never change here)."""
+    fields = _clean_templates({k: v for k, v in fields.items() if k in ("description", "prompt_templates")})
+    if not fields:
+        return dataset
+    for key, value in fields.items():
+        setattr(dataset, key, value)
+    dataset.save(update_fields=[*fields, "updated_at"])
+    activity_record(actor=user, verb="edited dataset", target=f"{dataset.name} ({', '.join(sorted(fields))})",
+                    url=reverse("dataset-detail", args=[dataset.pk]))
+    return dataset
+
+
 def _clean_model_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    fields = _clean_templates(fields)
     if "default_params" in fields:
         try:
             fields["default_params"] = validate_sampling_params(fields["default_params"] or {})

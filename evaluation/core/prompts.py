@@ -3,7 +3,8 @@
 A template is plain text with the placeholder ``{query}`` (and, for multiple choice, optionally
 ``{choices}``). Placeholders are replaced literally, never with ``str.format``, because maths
 queries are full of LaTeX braces. Templates are looked up in this order: the model's own
-templates, then the dataset's, then ``DEFAULT_TEMPLATES``; the first that has the task type wins.
+templates, then the dataset's, then ``DEFAULT_TEMPLATES``. Within a layer, a template for the
+task type wins over one stored under "" (for every task type).
 """
 from __future__ import annotations
 
@@ -56,11 +57,10 @@ def validate_templates(templates: Any) -> dict[str, str]:
 
 
 def resolve_template(task_type: str, *layers: Mapping[str, str] | None) -> str:
-    """Return the template for ``task_type`` from the first layer that has one, else the default."""
+    """Return the template for ``task_type`` from the first layer that has one for it or for all, else the default."""
     for layer in layers:
         if layer and task_type in layer:
             return layer[task_type]
-    for layer in layers:
         if layer and GENERIC in layer:
             return layer[GENERIC]
     return DEFAULT_TEMPLATES.get(task_type, DEFAULT_TEMPLATES[GENERIC])

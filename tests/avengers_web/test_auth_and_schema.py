@@ -28,6 +28,13 @@ COVERAGE = {
     ("/api/v1/models/{id}", "patch"): "test_models_are_registered_listed_edited_and_deactivated",
     ("/api/v1/models/{id}", "delete"): "test_models_are_registered_listed_edited_and_deactivated",
     ("/api/v1/models/{id}/test-connection", "post"): "test_test_connection_lists_what_a_real_llm_server_serves",
+    ("/api/v1/datasets/{id}", "patch"): "test_prompt_templates_are_set_on_datasets_and_models_and_validated",
+    ("/api/v1/evaluations", "get"): "test_an_evaluation_is_started_followed_and_its_samples_browsed",
+    ("/api/v1/evaluations", "post"): "test_a_real_llm_evaluation_runs_in_a_celery_worker_and_stores_every_sample",
+    ("/api/v1/evaluations/{id}", "get"): "test_an_evaluation_is_started_followed_and_its_samples_browsed",
+    ("/api/v1/evaluations/{id}/cancel", "post"): "test_an_evaluation_is_cancelled_and_resumed_through_the_api",
+    ("/api/v1/evaluations/{id}/resume", "post"): "test_an_evaluation_is_cancelled_and_resumed_through_the_api",
+    ("/api/v1/evaluations/{id}/samples", "get"): "test_an_evaluation_is_started_followed_and_its_samples_browsed",
 }
 
 
