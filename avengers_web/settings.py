@@ -172,6 +172,8 @@ MODEL_CHECK_TIMEOUT_S = float(os.environ.get("AVENGERS_MODEL_CHECK_TIMEOUT_S", "
 # Evaluation engine: model calls, retries, and how workers notice a dead worker's batch.
 GENERATION_TIMEOUT_S = float(os.environ.get("AVENGERS_GENERATION_TIMEOUT_S", "120"))
 GENERATION_MAX_ATTEMPTS = envint("AVENGERS_GENERATION_MAX_ATTEMPTS", "4")
+# An endpoint that failed 5 times in a row is not called for this long (its circuit is open), then probed once.
+CIRCUIT_RESET_S = float(os.environ.get("AVENGERS_CIRCUIT_RESET_S", "30"))
 EVAL_HEARTBEAT_S = float(os.environ.get("AVENGERS_EVAL_HEARTBEAT_S", "5"))
 # A running batch whose heartbeat is older than this belongs to a dead worker and is handed out again.
 EVAL_STALE_AFTER_S = float(os.environ.get("AVENGERS_EVAL_STALE_AFTER_S", "120"))

@@ -11,6 +11,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from avengers_web import views
 from avengers_web.api import api_not_found
 from evaluation import views as evaluation_views
+from evaluation import views_runs
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -22,6 +23,7 @@ urlpatterns = [
     path("datasets/", evaluation_views.dataset_list, name="dataset-list"),
     path("datasets/upload/", evaluation_views.dataset_upload, name="dataset-upload"),
     path("datasets/<int:pk>/", evaluation_views.dataset_detail, name="dataset-detail"),
+    path("datasets/<int:pk>/templates/", evaluation_views.dataset_templates, name="dataset-templates"),
     path("imports/<int:pk>/", evaluation_views.import_detail, name="import-detail"),
     path("models/", evaluation_views.model_list, name="model-list"),
     path("models/new/", evaluation_views.model_create, name="model-create"),
@@ -29,6 +31,12 @@ urlpatterns = [
     path("models/<int:pk>/edit/", evaluation_views.model_edit, name="model-edit"),
     path("models/<int:pk>/toggle-active/", evaluation_views.model_toggle_active, name="model-toggle-active"),
     path("models/<int:pk>/test-connection/", evaluation_views.model_test_connection, name="model-test-connection"),
+    path("evaluations/", views_runs.evaluation_list, name="evaluation-list"),
+    path("evaluations/new/", views_runs.evaluation_create, name="evaluation-create"),
+    path("evaluations/<int:pk>/", views_runs.evaluation_detail, name="evaluation-detail"),
+    path("evaluations/<int:pk>/cancel/", views_runs.evaluation_cancel, name="evaluation-cancel"),
+    path("evaluations/<int:pk>/resume/", views_runs.evaluation_resume, name="evaluation-resume"),
+    path("evaluations/<int:pk>/samples/", views_runs.evaluation_samples, name="evaluation-samples"),
     path("api/v1/", include("evaluation.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

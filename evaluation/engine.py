@@ -200,7 +200,14 @@ def evaluation_run_resume(*, run: EvaluationRun, user: User = None, queue: bool 
             status__in=[EvaluationBatch.Status.PENDING, EvaluationBatch.Status.RUNNING]
         ).exists():
             raise RunError("status", f"run {run.pk} is still running; cancel it first or wait")
-        run.batches.exclude(status=EvaluationBatch.Status.RUNNING).delete()
+        live = run.batches.filter(status=EvaluationBatch.Status.RUNNING,
+                                  heartbeat_at__gte=timezone.now() - timedelta(seconds=settings.EVAL_STALE_AFTER_S))
+        if live.exists():
+            # Their requests in flight would be counted as missing and asked for twice.
+            raise RunError("status", f"run {run.pk} was cancelled, but a worker is still finishing the requests "
+                                     "it had sent; resume in a few seconds")
+        # Batches still marked running here belong to a worker that died: their work is redone below.
+        run.batches.all().delete()
         progress = run_progress(run)
         work = []
         for run_model in run.run_models.all():
@@ -237,6 +244,7 @@ def client_for_model(model: LanguageModel) -> LLMClient:
                                   max_concurrency=model.max_concurrency, timeout_s=settings.GENERATION_TIMEOUT_S)
     if client.retry.max_attempts != settings.GENERATION_MAX_ATTEMPTS:
         client.retry = RetryPolicy(max_attempts=settings.GENERATION_MAX_ATTEMPTS)
+    client.breaker.reset_after_s = settings.CIRCUIT_RESET_S
     return client
 
 
@@ -270,10 +278,19 @@ def evaluation_lane_run(*, run_id: int, model_id: int, client_factory: ClientFac
             run_id=run_id, model_id=model_id).first()
         if run_model is None:
             return "gone"
-        outcome = _Lane(run_model, client_factory(run_model.model)).execute()
+        client = client_factory(run_model.model)
+        outcome = _Lane(run_model, client).execute()
+        while outcome == "no batch" and _pending_batches(run_id, model_id).exists():
+            # A batch whose wait ended after the lane last looked: take it now, or say it still waits.
+            if _waiting_batches(run_id, model_id).exists() and not _claimable_batches(run_id, model_id).exists():
+                outcome = "deferred"
+            else:
+                outcome = _Lane(run_model, client).execute()
         if outcome == "deferred":
-            # The endpoint's circuit is open: come back when it may have closed instead of spinning.
-            transaction.on_commit(partial(_queue_lanes, run_id, [model_id], _deferral_wait_s(run_id, model_id)))
+            # Come back when the circuit may have closed instead of spinning. Eager mode (no broker) would
+            # run the lane again at once, inside this one: there the caller or the sweeper comes back.
+            if not evaluation_lane_task.app.conf.task_always_eager:
+                transaction.on_commit(partial(_queue_lanes, run_id, [model_id], _deferral_wait_s(run_id, model_id)))
         elif outcome == "no batch":
             return _finish_run_if_complete(run_id) or outcome
         return outcome
@@ -281,11 +298,22 @@ def evaluation_lane_run(*, run_id: int, model_id: int, client_factory: ClientFac
         _unlock_model(model_id)
 
 
+def _pending_batches(run_id: int, model_id: int) -> QuerySet[EvaluationBatch]:
+    return EvaluationBatch.objects.filter(run_id=run_id, model_id=model_id, status=EvaluationBatch.Status.PENDING)
+
+
+def _waiting_batches(run_id: int, model_id: int) -> QuerySet[EvaluationBatch]:
+    return _pending_batches(run_id, model_id).filter(not_before__gt=timezone.now())
+
+
+def _claimable_batches(run_id: int, model_id: int) -> QuerySet[EvaluationBatch]:
+    return _pending_batches(run_id, model_id).filter(Q(not_before__isnull=True) | Q(not_before__lte=timezone.now()))
+
+
 def _deferral_wait_s(run_id: int, model_id: int) -> float:
-    first = EvaluationBatch.objects.filter(run_id=run_id, model_id=model_id, status=EvaluationBatch.Status.PENDING,
-                                           not_before__isnull=False).order_by("not_before").first()
+    first = _waiting_batches(run_id, model_id).order_by("not_before").first()
     if first is None or first.not_before is None:
-        return 5.0
+        return 1.0
     return max((first.not_before - timezone.now()).total_seconds(), 1.0)
 
 
@@ -323,7 +351,8 @@ class _Lane:
         try:
             self._top_up(pool)
             while self.futures:
-                done, _ = futures.wait(list(self.futures), timeout=settings.EVAL_HEARTBEAT_S,
+                done, _ = futures.wait(list(self.futures), timeout=min(settings.EVAL_HEARTBEAT_S,
+                                                                        max(self.STATUS_EVERY_S, 0.05)),
                                        return_when=futures.FIRST_COMPLETED)
                 finished = [(self.futures.pop(future), future) for future in done]
                 # Everything that arrived since the last wake-up goes to the database in one statement,
@@ -336,7 +365,8 @@ class _Lane:
                     self._request_finished(batch_id)
                 if time.monotonic() - last_beat >= settings.EVAL_HEARTBEAT_S:
                     last_beat = time.monotonic()
-                    self._heartbeat()
+                    EvaluationBatch.objects.filter(pk__in=list(self.open)).update(heartbeat_at=timezone.now())
+                self._stopped()
                 self._top_up(pool)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -413,10 +443,6 @@ class _Lane:
         else:
             rows.update(status=EvaluationBatch.Status.DONE, heartbeat_at=timezone.now(), message="")
 
-    def _heartbeat(self) -> None:
-        EvaluationBatch.objects.filter(pk__in=list(self.open)).update(heartbeat_at=timezone.now())
-        self._stopped()
-
     def _stopped(self) -> bool:
         """Say whether the run stopped; on a cancel, drop the requests not started (those in flight finish)."""
         status = self._run_status()
@@ -434,12 +460,7 @@ class _Lane:
 def _claim_next_batch(run_id: int, model_id: int) -> EvaluationBatch | None:
     now = timezone.now()
     with transaction.atomic():
-        batch = (
-            EvaluationBatch.objects.select_for_update(skip_locked=True)
-            .filter(run_id=run_id, model_id=model_id, status=EvaluationBatch.Status.PENDING)
-            .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-            .order_by("id").first()
-        )
+        batch = _claimable_batches(run_id, model_id).select_for_update(skip_locked=True).order_by("id").first()
         if batch is None:
             return None
         batch.status = EvaluationBatch.Status.RUNNING

@@ -14,7 +14,8 @@ from django.views.decorators.http import require_POST
 
 from evaluation import selectors, services
 from evaluation.core.datasets import TASK_TYPES, DatasetFileError
-from evaluation.forms import DatasetUploadForm, ModelForm
+from evaluation.core.prompts import DEFAULT_TEMPLATES
+from evaluation.forms import DatasetTemplatesForm, DatasetUploadForm, ModelForm
 
 
 def dataset_list(request: HttpRequest) -> HttpResponse:
@@ -40,6 +41,22 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "evaluation/dataset_detail.html", {
         "dataset": dataset, "stats": stats, "page": page, "rows": rows, "model_names": model_names,
         "split": split, "task_type": task_type, "q": search, "task_types": TASK_TYPES,
+    })
+
+
+@login_required
+def dataset_templates(request: HttpRequest, pk: int) -> HttpResponse:
+    dataset = selectors.dataset_get(pk)
+    if dataset is None:
+        raise Http404("No such dataset")
+    form = DatasetTemplatesForm(request.POST or None,
+                                initial={"prompt_templates": json.dumps(dataset.prompt_templates or {}, indent=1)})
+    if request.method == "POST" and form.is_valid():
+        services.dataset_update(dataset=dataset, user=request.user, prompt_templates=form.cleaned_data["prompt_templates"])
+        messages.success(request, f"Saved the prompt templates of {dataset.name}.")
+        return redirect("dataset-detail", pk=pk)
+    return render(request, "evaluation/dataset_templates.html", {
+        "dataset": dataset, "form": form, "defaults": sorted((k or "(all)", v) for k, v in DEFAULT_TEMPLATES.items()),
     })
 
 

@@ -224,3 +224,17 @@ def test_templates_come_from_the_model_then_the_dataset_then_the_defaults() -> N
     run_inline(engine.evaluation_run_create(dataset=dataset, models=[plain, custom], queue=False), client)
     prompts = dict(ModelResponse.objects.values_list("model__name", "prompt"))
     assert prompts == {"plain": "DATASET What is 0 + 0?", "custom": "MODEL What is 0 + 0? \\boxed{}"}
+
+
+def test_resume_waits_while_a_live_worker_finishes_a_cancelled_batch() -> None:
+    dataset = make_dataset(2)
+    model = make_model()
+    run = engine.evaluation_run_create(dataset=dataset, models=[model], queue=False)
+    engine.evaluation_run_cancel(run=run)
+    EvaluationBatch.objects.filter(run=run).update(status="running", heartbeat_at=timezone.now())
+    with pytest.raises(engine.RunError, match="still finishing the requests"):
+        engine.evaluation_run_resume(run=run, queue=False)
+    # A batch whose worker went silent is dead: resuming redoes its work.
+    EvaluationBatch.objects.filter(run=run).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    run = engine.evaluation_run_resume(run=run, queue=False)
+    assert run.status == "running" and list(run.batches.values_list("status", flat=True)) == ["pending"]

@@ -187,3 +187,37 @@ def test_a_dead_server_trips_its_circuit_and_does_not_stall_the_other_models(set
     assert failed.count() == 12
     # After 5 failures in a row the circuit opened: the rest failed fast without reaching the server.
     assert dead.requests <= 5 + 2 and failed.filter(error_kind="circuit_open").count() >= 12 - 3
+
+
+def test_a_model_server_that_dies_mid_run_loses_nothing_and_the_run_finishes_when_it_returns(  # type: ignore[no-untyped-def]
+    settings
+) -> None:
+    import threading
+
+    from evaluation.engine import client_for_model, evaluation_lane_run, evaluation_run_create
+
+    settings.CIRCUIT_RESET_S = 1.0
+    settings.EVAL_MAX_DEFERRALS = 10
+    dataset = gsm8k_dataset(20, name="outage")
+    with fault_server(delay_s=0.1, slots=2, content=lambda body: "Answer: 3") as server:
+        model = LanguageModel.objects.create(name="mortal", base_url=server.base_url, max_concurrency=2)
+        run = evaluation_run_create(dataset=dataset, models=[model], params={"seed": 9}, batch_size=5, queue=False)
+
+        def outage() -> None:
+            while server.requests < 6:
+                time.sleep(0.01)
+            server.stop()  # the server dies with requests in flight ...
+            time.sleep(2.5)
+            server.start()  # ... and comes back on the same port
+
+        threading.Thread(target=outage, daemon=True).start()
+        outcomes = [evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=client_for_model)]
+        deadline = time.monotonic() + 60
+        while outcomes[-1] == "deferred" and time.monotonic() < deadline:
+            time.sleep(0.5)  # what the re-queued lane task does after its countdown
+            outcomes.append(evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=client_for_model))
+    run.refresh_from_db()
+    assert "deferred" in outcomes and run.status == "done", (outcomes, run.message)
+    stored = ModelResponse.objects.filter(model=model)
+    assert stored.count() == 20 and not stored.exclude(error="").exists()
+    assert set(Counter(stored.values_list("query_id", "sample_index")).values()) == {1}

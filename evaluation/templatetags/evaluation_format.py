@@ -1,0 +1,51 @@
+"""Template filters that format evaluation numbers exactly as static/js/evaluation.js does."""
+from __future__ import annotations
+
+import json
+
+from django import template
+
+register = template.Library()
+
+
+@register.filter
+def percent(numerator: int | None, denominator: int | None) -> str:
+    """Return numerator/denominator as a percentage with one decimal, rounded half up; "–" without a denominator."""
+    if not denominator or numerator is None:
+        return "–"
+    # Integer arithmetic rounds half up like JavaScript's Math.round, so the page and the script agree.
+    tenths = (2000 * numerator + denominator) // (2 * denominator)
+    return f"{tenths // 10}.{tenths % 10}%"
+
+
+@register.filter
+def whole_percent(fraction: float | None) -> str:
+    """Return a fraction in [0, 1] as a whole percentage, e.g. "45%"."""
+    if fraction is None:
+        return "–"
+    return f"{int(fraction * 100 + 0.5)}%"
+
+
+@register.filter
+def rate(per_second: float | None) -> str:
+    """Return samples per second with one decimal, or "–" before the first sample."""
+    return "–" if per_second is None else f"{int(per_second * 10 + 0.5) / 10:.1f}/s"
+
+
+@register.filter
+def duration(seconds: float | None) -> str:
+    """Return seconds as "42 s", "3 min 5 s" or "2 h 4 min"; "–" when unknown."""
+    if seconds is None:
+        return "–"
+    total = int(seconds + 0.5)
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        return f"{total // 60} min {total % 60} s"
+    return f"{total // 3600} h {total % 3600 // 60} min"
+
+
+@register.filter
+def as_json(value: object) -> str:
+    """Return a value as compact JSON with sorted keys (parameters, templates)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
