@@ -1,6 +1,7 @@
 """REST API for evaluation runs: start, follow, cancel, resume, and browse the graded samples."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.http import Http404
@@ -95,6 +96,15 @@ def _run_error(exc: engine.RunError) -> serializers.ValidationError:
     return serializers.ValidationError({exc.field: [exc.message]})
 
 
+def _change_run(request: Request, pk: int, action: Callable[..., EvaluationRun]) -> Response:
+    """Apply a service (cancel, resume) to the run and answer with the run as it is now."""
+    try:
+        action(run=_run_or_404(pk), user=request.user)
+    except engine.RunError as exc:
+        raise _run_error(exc) from None
+    return Response(RunOutput(_run_or_404(pk)).data)
+
+
 class RunListCreateApi(APIView):
     @extend_schema(operation_id="evaluations_list", responses=RunOutput(many=True),
                    parameters=[OpenApiParameter("status", str, enum=EvaluationRun.Status.values)])
@@ -136,22 +146,14 @@ class RunCancelApi(APIView):
     @extend_schema(operation_id="evaluations_cancel", request=None, responses=RunOutput,
                    description="Stop the run: requests in flight finish and are saved; resume continues later.")
     def post(self, request: Request, pk: int) -> Response:
-        try:
-            engine.evaluation_run_cancel(run=_run_or_404(pk), user=request.user)
-        except engine.RunError as exc:
-            raise _run_error(exc) from None
-        return Response(RunOutput(_run_or_404(pk)).data)
+        return _change_run(request, pk, engine.evaluation_run_cancel)
 
 
 class RunResumeApi(APIView):
     @extend_schema(operation_id="evaluations_resume", request=None, responses=RunOutput,
                    description="Queue again only the samples that are missing or failed.")
     def post(self, request: Request, pk: int) -> Response:
-        try:
-            engine.evaluation_run_resume(run=_run_or_404(pk), user=request.user)
-        except engine.RunError as exc:
-            raise _run_error(exc) from None
-        return Response(RunOutput(_run_or_404(pk)).data)
+        return _change_run(request, pk, engine.evaluation_run_resume)
 
 
 class SampleOutput(serializers.ModelSerializer):

@@ -13,7 +13,9 @@ How a run moves:
    that thread, and writes each response as soon as it arrives, so a worker or server that dies
    loses no finished work. The write is an upsert on (model, query, sample, params_key) that only
    replaces a failed row: a duplicate task writes nothing twice.
-4. The batch heartbeats while it works. ``evaluation_sweep`` (periodic) hands batches whose heartbeat
+4. A batch whose requests still fail after the client's retries (the server is down, its circuit open)
+   waits and is tried again, ``EVAL_MAX_DEFERRALS`` times, before its failures are recorded.
+   The batch heartbeats while it works. ``evaluation_sweep`` (periodic) hands batches whose heartbeat
    stopped back to pending and queues lanes for them.
 5. When no batch is pending or running, the run is done. ``evaluation_run_resume`` re-creates batches
    for what is missing or failed, and nothing else.
@@ -173,7 +175,11 @@ def _create_batches(run: EvaluationRun, work: Iterable[tuple[int, Sequence[int]]
 
 def _queue_lanes(run_id: int, model_ids: Iterable[int], countdown: float | None = None) -> None:
     for model_id in model_ids:
-        evaluation_lane_task.apply_async((run_id, model_id), countdown=countdown)
+        try:
+            evaluation_lane_task.apply_async((run_id, model_id), countdown=countdown)
+        except Exception:
+            # The run's batches are safe in the database: the sweeper queues their lane once the broker is back.
+            logger.exception("could not queue the lane of model %s in run %s; the sweeper will", model_id, run_id)
 
 
 # ---------------------------------------------------------------------------------------------- control
@@ -418,12 +424,17 @@ class _Lane:
         return remaining
 
     def _deferred(self, batch_id: int, outcome: _Outcome) -> bool:
-        """Say whether the outcome defers its batch: an open circuit is no verdict on the sample."""
-        batch = self.open[batch_id]
-        if not isinstance(outcome.error, CircuitOpenError) or batch.attempts > settings.EVAL_MAX_DEFERRALS:
+        """Say whether the outcome defers its batch instead of recording a failure.
+
+        A retryable error that outlasted the client's retries (the server is down, overloaded or its
+        circuit is open) is no verdict on the sample: the batch waits and is tried again, until its
+        deferrals run out; then the failure is recorded and a resume retries it.
+        """
+        error = outcome.error
+        if error is None or not error.retryable or self.open[batch_id].attempts > settings.EVAL_MAX_DEFERRALS:
             return False
-        # The server is down for now: the batch waits and is tried again, until its deferrals run out.
-        self.deferred[batch_id] = max(self.deferred.get(batch_id, 0.0), outcome.error.retry_in_s)
+        wait = error.retry_in_s if isinstance(error, CircuitOpenError) else settings.CIRCUIT_RESET_S
+        self.deferred[batch_id] = max(self.deferred.get(batch_id, 0.0), wait)
         self.exhausted = True
         return True
 
@@ -439,7 +450,7 @@ class _Lane:
         elif batch_id in self.deferred:
             not_before = timezone.now() + timedelta(seconds=max(self.deferred[batch_id], 1.0))
             rows.update(status=EvaluationBatch.Status.PENDING, not_before=not_before,
-                        message=f"the endpoint's circuit is open; trying again after {not_before:%H:%M:%S} UTC")
+                        message=f"the endpoint is unavailable; trying again after {not_before:%H:%M:%S} UTC")
         else:
             rows.update(status=EvaluationBatch.Status.DONE, heartbeat_at=timezone.now(), message="")
 

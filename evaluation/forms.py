@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -17,16 +18,17 @@ class DatasetUploadForm(forms.Form):
                            help_text="Dataset name for lines that have no dataset column.")
 
 
-def _templates_from_json(raw: str | None) -> dict[str, str]:
+def _json_object(raw: str | None, validate: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """Parse a JSON text field (empty means {}) and validate it, as a form error a person can act on."""
     text = (raw or "").strip()
     if not text:
         return {}
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise forms.ValidationError(f"not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        raise forms.ValidationError(f"not valid JSON: {exc.msg}") from None
     try:
-        return validate_templates(value)
+        return validate(value)
     except ValueError as exc:
         raise forms.ValidationError(str(exc)) from None
 
@@ -38,7 +40,7 @@ class DatasetTemplatesForm(forms.Form):
                   "{query} (and {choices}). Used for this dataset's queries unless the model has its own.")
 
     def clean_prompt_templates(self) -> dict[str, str]:
-        return _templates_from_json(self.cleaned_data.get("prompt_templates"))
+        return _json_object(self.cleaned_data.get("prompt_templates"), validate_templates)
 
 
 class ModelForm(forms.ModelForm):
@@ -72,20 +74,10 @@ class ModelForm(forms.ModelForm):
         self.initial["api_key"] = ""
 
     def clean_default_params(self) -> dict[str, Any]:
-        raw = (self.cleaned_data.get("default_params") or "").strip()
-        if not raw:
-            return {}
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"not valid JSON: {exc.msg}") from None
-        try:
-            return validate_sampling_params(value)
-        except ValueError as exc:
-            raise forms.ValidationError(str(exc)) from None
+        return _json_object(self.cleaned_data.get("default_params"), validate_sampling_params)
 
     def clean_prompt_templates(self) -> dict[str, str]:
-        return _templates_from_json(self.cleaned_data.get("prompt_templates"))
+        return _json_object(self.cleaned_data.get("prompt_templates"), validate_templates)
 
     def changed_fields(self) -> dict[str, Any]:
         """Return the cleaned values that differ from the instance; an empty API key keeps the old one."""

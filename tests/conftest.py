@@ -150,7 +150,12 @@ def sending_tasks_to(broker_url: str) -> Iterator[None]:
 
 def _drop_broker_pools(app) -> None:  # type: ignore[no-untyped-def]
     """Forget connections and producers built for the previous broker, so that tasks go to the new one."""
+    from kombu import pools
+
     if app._pool is not None:
         app._pool.force_close_all()
     app._pool = None
     app.amqp._producer_pool = None
+    # kombu also keeps producer pools per connection in a global registry; a closed one would be reused
+    # the next time tasks go to a broker with the same URL ("Acquire on closed pool").
+    pools.reset()

@@ -73,7 +73,8 @@ def test_a_run_generates_grades_and_stores_every_sample_exactly_once() -> None:
 def test_resume_redoes_only_the_failed_and_missing_samples() -> None:
     dataset = make_dataset(4)
     model = make_model()
-    broken = FakeLLMClient(fail=lambda request: GenerationError("server_error", "HTTP 500 from the server")
+    # A client error (say, a prompt too long for the model) is a verdict: it is recorded at once.
+    broken = FakeLLMClient(fail=lambda request: GenerationError("client_error", "HTTP 400: prompt too long")
                            if "3 + 3" in request.messages[0]["content"] else None)
     run = engine.evaluation_run_create(dataset=dataset, models=[model], samples=2, queue=False)
     run_inline(run, broken)
@@ -82,7 +83,7 @@ def test_resume_redoes_only_the_failed_and_missing_samples() -> None:
     assert (run.status, progress.done, progress.failed) == ("done", 6, 2)
     assert "2 failed: resume to retry" in run.message
     failed = ModelResponse.objects.exclude(error="")
-    assert failed.count() == 2 and set(failed.values_list("error_kind", flat=True)) == {"server_error"}
+    assert failed.count() == 2 and set(failed.values_list("error_kind", flat=True)) == {"client_error"}
 
     healthy = FakeLLMClient()
     run = engine.evaluation_run_resume(run=run, queue=False)
@@ -124,21 +125,26 @@ def test_seeded_samples_are_answered_from_the_cache_unless_bypassed() -> None:
     assert client.calls == 12 and not ModelResponse.objects.filter(model=third, cached=True).exists()
 
 
-def test_an_open_circuit_defers_the_batch_then_records_failures(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("error", [
+    CircuitOpenError("circuit open for http://127.0.0.1:9/v1", retry_in_s=30),
+    GenerationError("connect", "could not connect to http://127.0.0.1:9/v1: connection refused"),
+], ids=["circuit-open", "server-down"])
+def test_an_unavailable_server_defers_the_batch_then_records_failures(settings, monkeypatch, error) -> None:  # type: ignore[no-untyped-def]
     settings.EVAL_MAX_DEFERRALS = 1
     queued: list[tuple[int, list[int], float | None]] = []
     monkeypatch.setattr(engine, "_queue_lanes", lambda run_id, ids, countdown=None: queued.append((run_id, ids, countdown)))
     dataset = make_dataset(2)
     model = make_model()
-    dead = FakeLLMClient(fail=lambda request: CircuitOpenError("circuit open for http://127.0.0.1:9/v1", retry_in_s=30))
+    settings.CIRCUIT_RESET_S = 30
+    dead = FakeLLMClient(fail=lambda request: error)
     run = engine.evaluation_run_create(dataset=dataset, models=[model], queue=False)
     outcome = engine.evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=lambda m: dead)
     batch = run.batches.get()
     assert outcome == "deferred" and batch.status == "pending" and batch.not_before > timezone.now()
-    assert "circuit is open" in batch.message and not ModelResponse.objects.exists()
+    assert "unavailable" in batch.message and not ModelResponse.objects.exists()
     EvaluationBatch.objects.filter(pk=batch.pk).update(not_before=None)
     engine.evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=lambda m: dead)
-    assert ModelResponse.objects.filter(error_kind="circuit_open").count() == 2
+    assert ModelResponse.objects.filter(error_kind=error.kind).count() == 2
     run.refresh_from_db()
     assert run.status == "done"
 

@@ -43,7 +43,7 @@ def always_right(request, i) -> str:  # type: ignore[no-untyped-def]
 
 
 def fail_on_three(request):  # type: ignore[no-untyped-def]
-    return GenerationError("server_error", "HTTP 500 from the server") if "3 + 3" in request.messages[0]["content"] else None
+    return GenerationError("client_error", "HTTP 400: prompt too long") if "3 + 3" in request.messages[0]["content"] else None
 
 
 def run_lane(run: EvaluationRun, model: LanguageModel, client: FakeLLMClient) -> None:
@@ -358,7 +358,7 @@ def test_the_samples_page_filters_by_model_verdict_and_text(client: Client, fini
     only_m2 = client.get(url, {"model": "m2", "verdict": "failed"})
     failed = ModelResponse.objects.filter(pk__in=sample_ids(only_m2))
     assert failed.count() == 2 and {r.model.name for r in failed} == {"m2"}
-    assert "HTTP 500 from the server" in text_of(only_m2) and "server_error" in text_of(only_m2)
+    assert "HTTP 400: prompt too long" in text_of(only_m2) and "client_error" in text_of(only_m2)
     search = client.get(url, {"q": "q4"})
     assert len(sample_ids(search)) == 4  # 2 models x 2 samples
     assert len(sample_ids(client.get(url, {"verdict": "bogus"}))) == 24  # an unknown verdict is ignored

@@ -190,12 +190,18 @@ def test_a_dead_server_trips_its_circuit_and_does_not_stall_the_other_models(set
 
 
 def test_a_model_server_that_dies_mid_run_loses_nothing_and_the_run_finishes_when_it_returns(  # type: ignore[no-untyped-def]
-    settings
+    settings, monkeypatch
 ) -> None:
     import threading
 
+    from evaluation import engine
     from evaluation.engine import client_for_model, evaluation_lane_run, evaluation_run_create
 
+    from avengers_web.celery import app
+
+    requeued: list[float | None] = []  # the lane asks to be run again later; this test does that itself
+    monkeypatch.setattr(engine, "_queue_lanes", lambda run_id, ids, countdown=None: requeued.append(countdown))
+    monkeypatch.setitem(app.conf, "task_always_eager", False)
     settings.CIRCUIT_RESET_S = 1.0
     settings.EVAL_MAX_DEFERRALS = 10
     dataset = gsm8k_dataset(20, name="outage")
@@ -218,6 +224,7 @@ def test_a_model_server_that_dies_mid_run_loses_nothing_and_the_run_finishes_whe
             outcomes.append(evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=client_for_model))
     run.refresh_from_db()
     assert "deferred" in outcomes and run.status == "done", (outcomes, run.message)
+    assert requeued and all(countdown is not None and countdown >= 1.0 for countdown in requeued)
     stored = ModelResponse.objects.filter(model=model)
     assert stored.count() == 20 and not stored.exclude(error="").exists()
     assert set(Counter(stored.values_list("query_id", "sample_index")).values()) == {1}
