@@ -10,7 +10,7 @@ process, on the embedded PostgreSQL (database `avengers_bench`, dropped afterwar
 
 It prints both rates and their ratios to the ideal rate. Usage:
 
-    .venv/bin/python bench/eval_throughput.py [--delay 0.25] [--slots 16] [--queries 960] [--batch-size 25]
+    .venv/bin/python bench/eval_throughput.py [--delay 0.25] [--slots 16] [--queries 960] [--batch-size 100]
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.25, help="seconds the server takes per request")
     parser.add_argument("--slots", type=int, default=16, help="requests the server serves at once")
     parser.add_argument("--queries", type=int, default=960)
-    parser.add_argument("--batch-size", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "avengers_web.settings")

@@ -82,7 +82,8 @@ class RunCreateInput(serializers.Serializer):
     use_cache = serializers.BooleanField(default=True, help_text="Answer seeded requests from the response cache.")
     limit = serializers.IntegerField(required=False, allow_null=True, min_value=1,
                                      help_text="Only the first N queries of the split.")
-    batch_size = serializers.IntegerField(default=25, min_value=1, max_value=engine.MAX_BATCH_SIZE)
+    batch_size = serializers.IntegerField(default=engine.DEFAULT_BATCH_SIZE, min_value=1, max_value=engine.MAX_BATCH_SIZE,
+                                          help_text="Queries per unit of work a worker claims.")
 
 
 def _run_or_404(pk: int) -> EvaluationRun:

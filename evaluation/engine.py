@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from queue import Empty, SimpleQueue
 from typing import Any
 
 from django.conf import settings
@@ -73,7 +74,8 @@ User = AbstractBaseUser | AnonymousUser | None
 ClientFactory = Callable[[LanguageModel], LLMClient]
 MAX_SAMPLES = 100
 REQUEST_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop")
-MAX_BATCH_SIZE = 500
+MAX_BATCH_SIZE = 1000
+DEFAULT_BATCH_SIZE = 100
 # Keys of a query's metadata that graders take as options.
 GRADER_OPTIONS = ("choices", "labels", "tests", "entry_point")
 _LOCK_NAMESPACE = 0x4156  # "AV": advisory locks of model lanes live in their own namespace
@@ -106,7 +108,7 @@ def evaluation_run_create(
     params: dict[str, Any] | None = None,
     use_cache: bool = True,
     limit: int | None = None,
-    batch_size: int = 25,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     user: User = None,
     queue: bool = True,
 ) -> EvaluationRun:
@@ -349,6 +351,7 @@ class _Lane:
         self.exhausted = False  # no batch left to claim, or claiming stopped
         self._status: str | None = None
         self._status_at = 0.0
+        self._done: SimpleQueue[futures.Future[_Outcome]] = SimpleQueue()
 
     def execute(self) -> str:
         pool = futures.ThreadPoolExecutor(max_workers=self.slots,
@@ -357,10 +360,8 @@ class _Lane:
         try:
             self._top_up(pool)
             while self.futures:
-                done, _ = futures.wait(list(self.futures), timeout=min(settings.EVAL_HEARTBEAT_S,
-                                                                        max(self.STATUS_EVERY_S, 0.05)),
-                                       return_when=futures.FIRST_COMPLETED)
-                finished = [(self.futures.pop(future), future) for future in done]
+                done = self._next_done(timeout=min(settings.EVAL_HEARTBEAT_S, max(self.STATUS_EVERY_S, 0.05)))
+                finished = [(self.futures.pop(future), future) for future in done if future in self.futures]
                 # Everything that arrived since the last wake-up goes to the database in one statement,
                 # before any batch is marked done.
                 _write(self.run, self.run_model, [
@@ -382,6 +383,20 @@ class _Lane:
             return "deferred"
         return "no batch" if self._run_status() == EvaluationRun.Status.RUNNING else "not running"
 
+    def _next_done(self, *, timeout: float) -> list[futures.Future[_Outcome]]:
+        """Wait for a request to finish, then take every other one that has finished too."""
+        # A queue fed by done-callbacks costs the same at any number of requests in flight; futures.wait
+        # would register a waiter on every one of them at every wake-up.
+        try:
+            done = [self._done.get(timeout=timeout)]
+        except Empty:
+            return []
+        while True:
+            try:
+                done.append(self._done.get_nowait())
+            except Empty:
+                return done
+
     def _run_status(self) -> str | None:
         now = time.monotonic()
         if self._status is None or now - self._status_at >= self.STATUS_EVERY_S:
@@ -402,7 +417,9 @@ class _Lane:
             self.open[batch.pk] = batch
             self.left[batch.pk] = len(jobs) + 1  # +1 until every job is submitted, so it cannot finish early
             for job in jobs:
-                self.futures[pool.submit(_call, self.client, job)] = batch.pk
+                future = pool.submit(_call, self.client, job)
+                self.futures[future] = batch.pk
+                future.add_done_callback(self._done.put)
             self._request_finished(batch.pk)
 
     def _cached_first(self, batch: EvaluationBatch, jobs: list[_Job]) -> list[_Job]:

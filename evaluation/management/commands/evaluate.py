@@ -25,7 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, help="Each sample gets seed + its index; seeded requests are cached.")
         parser.add_argument("--stop", action="append", help="A stop sequence (repeat for several).")
         parser.add_argument("--limit", type=int, help="Only the first N queries of the split.")
-        parser.add_argument("--batch-size", type=int, default=25)
+        parser.add_argument("--batch-size", type=int, default=engine.DEFAULT_BATCH_SIZE)
         parser.add_argument("--no-cache", action="store_true", help="Always ask the server, even for seeded requests.")
         parser.add_argument("--resume", type=int, metavar="RUN", help="Queue again what run RUN misses or failed.")
         parser.add_argument("--cancel", type=int, metavar="RUN", help="Cancel run RUN.")
