@@ -228,3 +228,42 @@ def test_a_model_server_that_dies_mid_run_loses_nothing_and_the_run_finishes_whe
     stored = ModelResponse.objects.filter(model=model)
     assert stored.count() == 20 and not stored.exclude(error="").exists()
     assert set(Counter(stored.values_list("query_id", "sample_index")).values()) == {1}
+
+
+HOSTILE_PROGRAMS = {
+    "fork-bomb": "import os\nwhile True:\n    os.fork()\n",
+    "memory-hog": "blocks = []\nwhile True:\n    blocks.append(bytearray(50_000_000))\n",
+    "endless-loop": "while True:\n    pass\n",
+    "phones-home": "import socket\nsocket.create_connection(('127.0.0.1', 5432), timeout=1)\n",
+    "reads-secrets": "import os\nassert 'SECRET_KEY' in os.environ or 'DATABASE_URL' in os.environ\n",
+    "honest": "",  # the control: the same function without mischief passes
+}
+
+
+def test_hostile_code_from_a_model_is_graded_wrong_in_the_worker_and_the_worker_survives(  # type: ignore[no-untyped-def]
+    celery_worker_process
+) -> None:
+    from evaluation.engine import evaluation_run_create
+
+    dataset = Dataset.objects.create(name="hostile-code", split_seed=1)
+    for name in HOSTILE_PROGRAMS:
+        Query.objects.create(dataset=dataset, external_id=name, text=f"Write add(a, b). [{name}]", text_hash=name,
+                             gold="assert add(1, 2) == 3", task_type="code", split="train", split_source="file",
+                             metadata={"entry_point": "add"})
+
+    def reply(body: dict) -> str:  # type: ignore[type-arg]
+        name = body["messages"][0]["content"].split("[", 1)[1].split("]", 1)[0]
+        return f"```python\ndef add(a, b):\n    return a + b\n{HOSTILE_PROGRAMS[name]}```"
+
+    with fault_server(content=reply) as server:
+        model = LanguageModel.objects.create(name="villain", base_url=server.base_url, max_concurrency=2)
+        run = evaluation_run_create(dataset=dataset, models=[model])
+        run = wait_for_run(run.pk, timeout=180)
+    assert run.status == "done", run.message
+    graded = {r.query.external_id: r for r in ModelResponse.objects.filter(model=model).select_related("query")}
+    assert set(graded) == set(HOSTILE_PROGRAMS)
+    assert graded.pop("honest").correct is True
+    for name, response in graded.items():
+        assert response.correct is False and response.score == 0.0, (name, response.grade_reason)
+        assert response.grade_reason, name
+    assert celery_worker_process.poll() is None  # the worker that graded them is still alive
