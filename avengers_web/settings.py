@@ -169,6 +169,10 @@ DEFAULT_SPLIT_SEED = envint("AVENGERS_SPLIT_SEED", "42")
 # How long GET /v1/models may take during "test connection".
 MODEL_CHECK_TIMEOUT_S = float(os.environ.get("AVENGERS_MODEL_CHECK_TIMEOUT_S", "10"))
 
+# Embeddings are cached on disk by (embedder, text hash), shared with `python -m routing.offline`.
+CACHE_DIR = Path(os.environ.get("AVENGERS_CACHE_DIR", Path.home() / ".cache" / "avengers"))
+EMBEDDING_CACHE_PATH = CACHE_DIR / "embeddings.sqlite3"
+
 # Evaluation engine: model calls, retries, and how workers notice a dead worker's batch.
 GENERATION_TIMEOUT_S = float(os.environ.get("AVENGERS_GENERATION_TIMEOUT_S", "120"))
 GENERATION_MAX_ATTEMPTS = envint("AVENGERS_GENERATION_MAX_ATTEMPTS", "4")

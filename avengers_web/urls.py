@@ -12,6 +12,7 @@ from avengers_web import views
 from avengers_web.api import api_not_found
 from evaluation import views as evaluation_views
 from evaluation import views_runs
+from routing import views as routing_views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -37,7 +38,15 @@ urlpatterns = [
     path("evaluations/<int:pk>/cancel/", views_runs.evaluation_cancel, name="evaluation-cancel"),
     path("evaluations/<int:pk>/resume/", views_runs.evaluation_resume, name="evaluation-resume"),
     path("evaluations/<int:pk>/samples/", views_runs.evaluation_samples, name="evaluation-samples"),
+    path("snapshots/", routing_views.snapshot_list, name="snapshot-list"),
+    path("snapshots/<int:pk>/", routing_views.snapshot_detail, name="snapshot-detail"),
+    path("snapshots/<int:pk>/activate/", routing_views.snapshot_activate, name="snapshot-activate"),
+    path("snapshots/<int:pk>/clusters/", routing_views.snapshot_clusters, name="snapshot-clusters"),
+    path("snapshots/<int:pk>/clusters/<int:index>/", routing_views.cluster_detail, name="cluster-detail"),
+    path("snapshots/<int:pk>/heatmap/", routing_views.snapshot_heatmap, name="snapshot-heatmap"),
+    path("snapshots/<int:pk>/map/", routing_views.snapshot_map, name="snapshot-map"),
     path("api/v1/", include("evaluation.urls")),
+    path("api/v1/", include("routing.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/<path:rest>", api_not_found),

@@ -107,6 +107,7 @@ def _write_import(
     owner = user if user is not None and user.is_authenticated else None
     problems: list[Problem] = []
     query_ids: dict[tuple[str, str], int] = {}
+    new_rows: list[tuple[int, str, Query]] = []  # (line, dataset name, row)
     for name in sorted(by_dataset):
         records = by_dataset[name]
         dataset, created = Dataset.objects.get_or_create(
@@ -142,18 +143,17 @@ def _write_import(
         rows = []
         for record in new_records:
             split = record.split or seeded[record.id]
-            rows.append(Query(
+            rows.append((record.line, name, Query(
                 dataset=dataset, external_id=record.id, text=record.query, text_hash=text_hash(record.query),
                 gold=record.gold, task_type=record.task_type, category=record.category, split=split,
                 split_source=Query.SplitSource.FILE if record.split else Query.SplitSource.SEEDED,
                 metadata=dict(record.metadata), dataset_import=dataset_import,
-            ))
+            )))
             if split == "train":
                 ds_summary.train_added += 1
             else:
                 ds_summary.test_added += 1
-        for query in Query.objects.bulk_create(rows, batch_size=1000):
-            query_ids[(name, query.external_id)] = query.pk
+        new_rows.extend(rows)
         ds_summary.queries_added = len(rows)
         summary.queries_added += len(rows)
         summary.queries_existing += ds_summary.queries_existing
@@ -161,6 +161,12 @@ def _write_import(
             Dataset.objects.filter(pk=dataset.pk).update(updated_at=timezone.now())
     if problems:
         raise DatasetFileError(problems)
+    # Rows get their ids in the file's order, so that anything that reads queries by id (clustering among
+    # them, whose k-means++ start depends on row order) sees them as the offline tools read the file.
+    new_rows.sort(key=lambda row: row[0])
+    stored = Query.objects.bulk_create([row for _, _, row in new_rows], batch_size=1000)
+    for (_, name, _), query in zip(new_rows, stored):
+        query_ids[(name, query.external_id)] = query.pk
     summary.responses_added, summary.responses_existing, summary.models_created = _write_responses(
         by_dataset, query_ids, owner, filename
     )

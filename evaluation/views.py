@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -16,6 +18,12 @@ from evaluation import selectors, services
 from evaluation.core.datasets import TASK_TYPES, DatasetFileError
 from evaluation.core.prompts import DEFAULT_TEMPLATES
 from evaluation.forms import DatasetTemplatesForm, DatasetUploadForm, ModelForm
+from evaluation.models import LanguageModel
+
+# Apps that build on evaluation add to the model page here (routing adds the model's routing profile),
+# because evaluation never imports them.
+ModelPageExtra = Callable[[HttpRequest, LanguageModel], dict[str, Any]]
+MODEL_PAGE_EXTRAS: list[ModelPageExtra] = []
 
 
 def dataset_list(request: HttpRequest) -> HttpResponse:
@@ -102,10 +110,13 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     model = selectors.model_get(pk)
     if model is None:
         raise Http404("No such model")
-    return render(request, "evaluation/model_detail.html", {
+    context: dict[str, Any] = {
         "model": model, "scores": selectors.model_dataset_scores(model),
         "default_params_json": json.dumps(model.default_params or {}),
-    })
+    }
+    for extra in MODEL_PAGE_EXTRAS:
+        context.update(extra(request, model))
+    return render(request, "evaluation/model_detail.html", context)
 
 
 @login_required

@@ -1,0 +1,275 @@
+"""REST API for calibration: embedding jobs, router snapshots, their clusters, profiles and held-out results."""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from avengers_web.api import Pagination
+from evaluation import selectors as evaluation_selectors
+from routing import services
+from routing.models import EmbeddingJob, RouterSnapshot, SnapshotProfile
+
+
+def _snapshot_or_404(pk: int) -> RouterSnapshot:
+    snapshot = RouterSnapshot.objects.filter(pk=pk).prefetch_related("datasets", "pool").first()
+    if snapshot is None:
+        raise Http404
+    return snapshot
+
+
+def _calibration_error(exc: services.CalibrationError) -> serializers.ValidationError:
+    return serializers.ValidationError({exc.field: [exc.message]})
+
+
+class SnapshotOutput(serializers.ModelSerializer):
+    datasets = serializers.SerializerMethodField()
+    pool = serializers.SerializerMethodField()
+    parent = serializers.PrimaryKeyRelatedField(read_only=True)
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+
+    class Meta:
+        model = RouterSnapshot
+        fields = ["id", "version", "label", "kind", "parent", "embedder", "method", "k", "seed", "shrinkage_setting",
+                  "shrinkage", "datasets", "pool", "team_size", "team", "team_chosen_by_hand", "rank_scores",
+                  "first_places", "status", "stage", "progress_done", "progress_total", "message", "timings",
+                  "n_train", "n_test", "is_active", "created_by", "created_at", "finished_at"]
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_datasets(self, snapshot: RouterSnapshot) -> list[str]:
+        return sorted(d.name for d in snapshot.datasets.all())
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_pool(self, snapshot: RouterSnapshot) -> list[str]:
+        return sorted(m.name for m in snapshot.pool.all())
+
+
+class SnapshotCreateInput(serializers.Serializer):
+    datasets = serializers.ListField(child=serializers.CharField(), min_length=1, help_text="Dataset names or ids.")
+    models = serializers.ListField(child=serializers.CharField(), min_length=1, help_text="The pool: names or ids.")
+    embedder = serializers.CharField(default="minilm")
+    method = serializers.CharField(default="kmeans", help_text="kmeans, agglomerative, gmm, spectral or birch.")
+    k = serializers.IntegerField(default=64, min_value=1)
+    seed = serializers.IntegerField(default=42)
+    shrinkage = serializers.CharField(default="auto", help_text='"auto" (5-fold CV on train) or pseudo-queries.')
+    team_size = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                         help_text="M: pick the top-M models by the paper's rank score.")
+    team = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True,
+                                 help_text="Choose the team by hand instead (model names of the pool).")
+    label = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+
+
+def _datasets(values: list[str]) -> list[Any]:
+    found = []
+    for value in values:
+        dataset = evaluation_selectors.dataset_by_name_or_id(value)
+        if dataset is None:
+            raise serializers.ValidationError({"datasets": [f"no dataset named or numbered {value!r}"]})
+        found.append(dataset)
+    return found
+
+
+def _models(values: list[str], field: str = "models") -> list[Any]:
+    found, unknown = evaluation_selectors.models_by_name_or_id(values)
+    if unknown:
+        raise serializers.ValidationError({field: [f"no model named or numbered {', '.join(unknown)}"]})
+    return found
+
+
+class SnapshotListCreateApi(APIView):
+    @extend_schema(operation_id="snapshots_list", responses=SnapshotOutput(many=True))
+    def get(self, request: Request) -> Response:
+        paginator = Pagination()
+        snapshots = RouterSnapshot.objects.prefetch_related("datasets", "pool").select_related("created_by")
+        page = paginator.paginate_queryset(snapshots, request, view=self)
+        return paginator.get_paginated_response(SnapshotOutput(page, many=True).data)
+
+    @extend_schema(operation_id="snapshots_create", request=SnapshotCreateInput, responses={201: SnapshotOutput},
+                   description="Build a snapshot in a worker: embed what is missing, cluster, profile, select the "
+                               "team, evaluate on the test split.")
+    def post(self, request: Request) -> Response:
+        serializer = SnapshotCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            snapshot = services.snapshot_create(
+                datasets=_datasets(data["datasets"]), models=_models(data["models"]), embedder=data["embedder"],
+                method=data["method"], k=data["k"], seed=data["seed"], shrinkage=data["shrinkage"],
+                team_size=data.get("team_size"), team=data.get("team"), label=data["label"], user=request.user,
+            )
+        except services.CalibrationError as exc:
+            raise _calibration_error(exc) from None
+        return Response(SnapshotOutput(_snapshot_or_404(snapshot.pk)).data, status=status.HTTP_201_CREATED)
+
+
+class SnapshotDetailApi(APIView):
+    @extend_schema(operation_id="snapshots_retrieve", responses=SnapshotOutput)
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(SnapshotOutput(_snapshot_or_404(pk)).data)
+
+
+def _derive(request: Request, pk: int, action: Callable[..., RouterSnapshot], **arguments: Any) -> Response:
+    try:
+        result = action(snapshot=_snapshot_or_404(pk), user=request.user, **arguments)
+    except services.CalibrationError as exc:
+        raise _calibration_error(exc) from None
+    return Response(SnapshotOutput(_snapshot_or_404(result.pk)).data,
+                    status=status.HTTP_200_OK if result.pk == pk else status.HTTP_201_CREATED)
+
+
+class SnapshotActivateApi(APIView):
+    @extend_schema(operation_id="snapshots_activate", request=None, responses=SnapshotOutput,
+                   description="Make this snapshot the one routing uses; the activation is recorded with who and when.")
+    def post(self, request: Request, pk: int) -> Response:
+        return _derive(request, pk, services.snapshot_activate)
+
+
+class SnapshotAddModelApi(APIView):
+    class AddModelInput(serializers.Serializer):
+        model = serializers.CharField(help_text="Model name or id.")
+
+    @extend_schema(operation_id="snapshots_add_model", request=AddModelInput, responses={201: SnapshotOutput},
+                   description="Derive a snapshot with the same clusters and this model's profile added; the model "
+                               "is evaluated first on the train queries it has no results for.")
+    def post(self, request: Request, pk: int) -> Response:
+        serializer = self.AddModelInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        (model,) = _models([serializer.validated_data["model"]], field="model")
+        return _derive(request, pk, services.snapshot_add_model, model=model)
+
+
+class SnapshotAddDatasetApi(APIView):
+    class AddDatasetInput(serializers.Serializer):
+        dataset = serializers.CharField(help_text="Dataset name or id.")
+
+    @extend_schema(operation_id="snapshots_add_dataset", request=AddDatasetInput, responses={201: SnapshotOutput},
+                   description="Derive a snapshot over the union of datasets, re-clustered, after embedding the new "
+                               "queries and evaluating the pool on its train split.")
+    def post(self, request: Request, pk: int) -> Response:
+        serializer = self.AddDatasetInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        value = serializer.validated_data["dataset"]
+        dataset = evaluation_selectors.dataset_by_name_or_id(value)
+        if dataset is None:
+            raise serializers.ValidationError({"dataset": [f"no dataset named or numbered {value!r}"]})
+        return _derive(request, pk, services.snapshot_add_dataset, dataset=dataset)
+
+
+class LeaderboardEntry(serializers.Serializer):
+    model = serializers.CharField()
+    rank = serializers.IntegerField()
+    n = serializers.IntegerField()
+    mean = serializers.FloatField(allow_null=True)
+    estimate = serializers.FloatField(allow_null=True)
+
+
+class ClusterOutput(serializers.Serializer):
+    index = serializers.IntegerField()
+    size = serializers.IntegerField()
+    datasets = serializers.DictField(child=serializers.IntegerField())
+    order = serializers.IntegerField()
+    x = serializers.FloatField()
+    y = serializers.FloatField()
+    leaderboard = LeaderboardEntry(many=True)
+
+
+class SnapshotClustersApi(APIView):
+    @extend_schema(operation_id="snapshots_clusters_list", responses=ClusterOutput(many=True),
+                   description="Every cluster with its size, datasets and the models ranked by score.")
+    def get(self, request: Request, pk: int) -> Response:
+        snapshot = _snapshot_or_404(pk)
+        boards: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for row in (SnapshotProfile.objects.filter(snapshot=snapshot).order_by("cluster", "rank", "model__name")
+                    .values("cluster", "model__name", "rank", "n", "mean", "estimate")):
+            boards[row["cluster"]].append({"model": row["model__name"], "rank": row["rank"], "n": row["n"],
+                                           "mean": row["mean"], "estimate": row["estimate"]})
+        clusters = [{"index": c.index, "size": c.size, "datasets": c.datasets, "order": c.order, "x": c.x, "y": c.y,
+                     "leaderboard": boards[c.index]} for c in snapshot.clusters.order_by("index").defer("centroid")]
+        return Response(ClusterOutput(clusters, many=True).data)
+
+
+class ProfileOutput(serializers.Serializer):
+    model = serializers.CharField(source="model.name")
+    cluster = serializers.IntegerField()
+    n = serializers.IntegerField()
+    mean = serializers.FloatField(allow_null=True)
+    estimate = serializers.FloatField(allow_null=True)
+    rank = serializers.IntegerField()
+
+
+class SnapshotProfilesApi(APIView):
+    @extend_schema(operation_id="snapshots_profiles_list", responses=ProfileOutput(many=True),
+                   parameters=[OpenApiParameter("model", str, description="Only this model's profile.")])
+    def get(self, request: Request, pk: int) -> Response:
+        profiles = SnapshotProfile.objects.filter(snapshot=_snapshot_or_404(pk)).select_related("model")
+        model = request.query_params.get("model", "")
+        if model:
+            profiles = profiles.filter(model__name=model)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(profiles.order_by("model__name", "cluster"), request, view=self)
+        return paginator.get_paginated_response(ProfileOutput(page, many=True).data)
+
+
+class HeldoutOutput(serializers.Serializer):
+    snapshot = serializers.IntegerField()
+    test_queries = serializers.IntegerField()
+    methods = serializers.DictField(child=serializers.DictField(),
+                                    help_text="Method -> per_dataset accuracy, in_distribution, out_of_distribution.")
+
+
+class SnapshotHeldoutApi(APIView):
+    @extend_schema(operation_id="snapshots_heldout_retrieve", responses=HeldoutOutput,
+                   description="Accuracy on the test split of the snapshot's datasets (the stored scores, no "
+                               "generation), next to best single, best per dataset, random and oracle.")
+    def get(self, request: Request, pk: int) -> Response:
+        snapshot = _snapshot_or_404(pk)
+        heldout = snapshot.heldout or {}
+        return Response(HeldoutOutput({"snapshot": snapshot.pk, "test_queries": heldout.get("test_queries", 0),
+                                       "methods": heldout.get("methods", {})}).data)
+
+
+class EmbeddingJobOutput(serializers.ModelSerializer):
+    datasets = serializers.SerializerMethodField()
+
+    class Meta:
+        model = EmbeddingJob
+        fields = ["id", "embedder", "datasets", "status", "total", "done", "message", "created_at", "started_at",
+                  "finished_at"]
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_datasets(self, job: EmbeddingJob) -> list[str]:
+        return sorted(d.name for d in job.datasets.all())
+
+
+class EmbeddingJobCreateApi(APIView):
+    class EmbeddingJobInput(serializers.Serializer):
+        datasets = serializers.ListField(child=serializers.CharField(), min_length=1)
+        embedder = serializers.CharField(default="minilm")
+
+    @extend_schema(operation_id="embedding_jobs_create", request=EmbeddingJobInput, responses={201: EmbeddingJobOutput},
+                   description="Embed, in a worker, every query of these datasets that has no vector yet.")
+    def post(self, request: Request) -> Response:
+        serializer = self.EmbeddingJobInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            job = services.embedding_job_create(datasets=_datasets(serializer.validated_data["datasets"]),
+                                                embedder=serializer.validated_data["embedder"], user=request.user)
+        except services.CalibrationError as exc:
+            raise _calibration_error(exc) from None
+        return Response(EmbeddingJobOutput(job).data, status=status.HTTP_201_CREATED)
+
+
+class EmbeddingJobDetailApi(APIView):
+    @extend_schema(operation_id="embedding_jobs_retrieve", responses=EmbeddingJobOutput)
+    def get(self, request: Request, pk: int) -> Response:
+        job = EmbeddingJob.objects.filter(pk=pk).first()
+        if job is None:
+            raise Http404
+        return Response(EmbeddingJobOutput(job).data)

@@ -1,0 +1,159 @@
+"""Dashboard pages for router snapshots: list, detail (and comparison), clusters, leaderboards, heatmap, map."""
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from evaluation.models import LanguageModel
+from routing import selectors, services
+from routing.models import RouterSnapshot, SnapshotCluster
+
+PAGE_SIZE = 25
+# Above this many clusters the heatmap's cells are too narrow for their values; colour and the legend remain.
+HEATMAP_MAX_LABELLED = 64
+
+
+def _snapshot_or_404(pk: int) -> RouterSnapshot:
+    snapshot = selectors.snapshot_get(pk)
+    if snapshot is None:
+        raise Http404("No such snapshot")
+    return snapshot
+
+
+def _cluster_or_404(snapshot: RouterSnapshot, index: int) -> SnapshotCluster:
+    cluster = selectors.cluster_get(snapshot, index)
+    if cluster is None:
+        raise Http404("No such cluster")
+    return cluster
+
+
+def _sort(request: HttpRequest, keys: Collection[str], default: str) -> str:
+    """The ``?sort=`` of the page when it names a column ("-" reverses), else the default."""
+    sort = request.GET.get("sort", default)
+    return sort if sort.lstrip("-") in keys else default
+
+
+def _follow(snapshot: RouterSnapshot) -> bool:
+    return not snapshot.is_finished
+
+
+def snapshot_list(request: HttpRequest) -> HttpResponse:
+    page = Paginator(selectors.snapshot_list(), PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [(s, selectors.heldout_in_distribution(s)) for s in page]
+    return render(request, "routing/snapshot_list.html", {
+        "page": page, "rows": rows, "follow": any(_follow(s) for s in page),
+    })
+
+
+def snapshot_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    snapshot = _snapshot_or_404(pk)
+    comparison = None
+    compare = request.GET.get("compare", "")
+    if compare.isdigit() and int(compare) != snapshot.pk:
+        other = selectors.snapshot_get(int(compare))
+        if other is None:
+            raise Http404("No such snapshot to compare with")
+        comparison = selectors.snapshot_compare(snapshot, other)
+    heldout = selectors.snapshot_heldout(snapshot)
+    return render(request, "routing/snapshot_detail.html", {
+        "snapshot": snapshot, "team": selectors.snapshot_team(snapshot),
+        "ranked": selectors.snapshot_rank_scores(snapshot), "pool": selectors.snapshot_pool(snapshot),
+        "heldout": heldout, "heldout_chart": _heldout_chart(heldout),
+        "shrinkage_cv": selectors.snapshot_shrinkage_cv(snapshot),
+        "activations": selectors.snapshot_activations(snapshot), "comparison": comparison,
+        "choices": [s for s in selectors.snapshot_choices() if s.pk != snapshot.pk],
+        "follow": _follow(snapshot),
+    })
+
+
+def _heldout_chart(heldout: selectors.HeldoutTable) -> dict[str, Any] | None:
+    """The in-distribution accuracy of every method, for the bar chart beside the table."""
+    row = next((r for r in heldout.rows if r.kind == "in_distribution"), None)
+    if row is None or all(v is None for v in row.values):
+        return None
+    return {"labels": [label for _, label in heldout.methods], "values": row.values, "digits": 1, "y_max": 100,
+            "horizontal": True, "title": "In-distribution accuracy on the test split", "y_title": "accuracy (%)"}
+
+
+@login_required
+@require_POST
+def snapshot_activate(request: HttpRequest, pk: int) -> HttpResponse:
+    snapshot = _snapshot_or_404(pk)
+    try:
+        services.snapshot_activate(snapshot=snapshot, user=request.user)
+    except services.CalibrationError as exc:
+        messages.error(request, f"Could not activate {snapshot}: {exc.message}")
+    else:
+        messages.success(request, f"{snapshot} is now the active router.")
+    return redirect("snapshot-detail", pk=pk)
+
+
+def snapshot_clusters(request: HttpRequest, pk: int) -> HttpResponse:
+    snapshot = _snapshot_or_404(pk)
+    sort = _sort(request, selectors.CLUSTER_SORTS, "index")
+    return render(request, "routing/snapshot_clusters.html", {
+        "snapshot": snapshot, "clusters": selectors.snapshot_clusters(snapshot, sort=sort), "sort": sort,
+    })
+
+
+def cluster_detail(request: HttpRequest, pk: int, index: int) -> HttpResponse:
+    snapshot = _snapshot_or_404(pk)
+    cluster = _cluster_or_404(snapshot, index)
+    sort = _sort(request, selectors.LEADERBOARD_SORTS, "rank")
+    leaderboard = selectors.cluster_leaderboard(snapshot, index, sort=sort)
+    return render(request, "routing/cluster_detail.html", {
+        "snapshot": snapshot, "cluster": cluster, "datasets": selectors.cluster_datasets(cluster),
+        "samples": selectors.cluster_sample_queries(snapshot, index),
+        "leaderboard": leaderboard, "sort": sort, "best": min(leaderboard, key=lambda r: r.rank, default=None),
+        "prev_index": index - 1 if index > 0 else None, "next_index": index + 1 if index + 1 < snapshot.k else None,
+    })
+
+
+def snapshot_heatmap(request: HttpRequest, pk: int) -> HttpResponse:
+    snapshot = _snapshot_or_404(pk)
+    heatmap = selectors.snapshot_heatmap(snapshot)
+    return render(request, "routing/snapshot_heatmap.html", {
+        "snapshot": snapshot, "heatmap": heatmap, "labelled": len(heatmap.clusters) <= HEATMAP_MAX_LABELLED,
+        "legend": [i / 10 for i in range(11)],
+    })
+
+
+def snapshot_map(request: HttpRequest, pk: int) -> HttpResponse:
+    snapshot = _snapshot_or_404(pk)
+    data = selectors.snapshot_map(snapshot)
+    chart = {
+        "points": [[round(x, 5), round(y, 5), c] for x, y, c in data.points],
+        "centroids": [[round(x, 5), round(y, 5), c] for x, y, c, _ in data.centroids],
+        "cluster_url": reverse("cluster-detail", args=[snapshot.pk, 0]).removesuffix("0/") + "{index}/",
+    }
+    clusters = [(c, size, data.shown_per_cluster.get(c, 0)) for _, _, c, size in data.centroids]
+    return render(request, "routing/snapshot_map.html", {
+        "snapshot": snapshot, "map": data, "chart": chart, "clusters": clusters,
+    })
+
+
+def model_profile_context(request: HttpRequest, model: LanguageModel) -> dict[str, Any]:
+    """The "Routing profile" of the model page: the active snapshot's, or that of ``?snapshot=<id>``."""
+    requested = request.GET.get("snapshot", "")
+    snapshot = selectors.snapshot_get(int(requested)) if requested.isdigit() else selectors.snapshot_active()
+    profile = selectors.model_profile(model, snapshot) if snapshot is not None else None
+    chart = None
+    if profile is not None:
+        chart = {"labels": [str(b.cluster) for b in profile.bars], "values": [b.mean for b in profile.bars],
+                 "title": f"{model.name}: mean score per cluster in v{snapshot.version}", "digits": 2, "y_max": 1,
+                 "note": "clusters in similarity order; orange: the clusters where it ranks first",
+                 "x_title": "cluster", "y_title": "mean score",
+                 "links": [reverse("cluster-detail", args=[snapshot.pk, b.cluster]) for b in profile.bars],
+                 "highlight": profile.first_places}
+    return {
+        "routing_snapshot": snapshot, "routing_profile": profile, "routing_chart": chart,
+        "routing_choices": selectors.snapshot_choices(), "routing_requested": requested,
+    }

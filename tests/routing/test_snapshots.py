@@ -1,0 +1,129 @@
+"""Router snapshots on the real LLMRouter records: the platform's numbers equal the offline evaluator's,
+a model added later gives what a build with it from the start gives, and nothing is computed twice."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
+from evaluation.services import dataset_import_file
+from routing import services
+from routing.models import RouterSnapshot, SnapshotActivation
+
+pytestmark = pytest.mark.django_db
+HELD_OUT_MODEL = "gemma-2-9b-it"
+
+
+@pytest.fixture
+def llmrouter(llmrouter_records: Path) -> Path:
+    dataset_import_file(data=llmrouter_records.read_bytes(), filename=llmrouter_records.name)
+    assert Dataset.objects.count() == 14 and LanguageModel.objects.count() == 9
+    return llmrouter_records
+
+
+def build(**options) -> RouterSnapshot:  # type: ignore[no-untyped-def]
+    snapshot = services.snapshot_create(queue=False, **options)
+    assert services.snapshot_build(snapshot_id=snapshot.pk) == "built", RouterSnapshot.objects.get(pk=snapshot.pk).message
+    snapshot.refresh_from_db()
+    return snapshot
+
+
+def test_a_k64_snapshot_scores_on_the_test_split_what_the_offline_evaluator_scores(llmrouter) -> None:  # type: ignore[no-untyped-def]
+    from routing.core.evaluation import RouterConfig, evaluate
+    from routing.offline import default_cache, prepare, resolve_shrinkage
+
+    snapshot = build(datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()), k=64, seed=42)
+    assert (snapshot.status, snapshot.n_train, snapshot.n_test) == ("done", 5608, 381)
+    assert snapshot.clusters.count() == 64 and snapshot.assignments.count() == 5608
+    assert snapshot.profiles.count() == 64 * 9 and sum(snapshot.clusters.values_list("size", flat=True)) == 5608
+
+    # The same settings through `python -m routing.offline evaluate`'s own functions, on the file itself.
+    models, train, test, _ = prepare(llmrouter, 42, "minilm", default_cache())
+    config = RouterConfig(k=64, seed=42)
+    shrinkage, _ = resolve_shrinkage("auto", train, models, config)
+    assert snapshot.shrinkage == shrinkage
+    offline = evaluate(train, test, models, RouterConfig(k=64, seed=42, shrinkage=shrinkage))
+    ours = snapshot.heldout["methods"]
+    for method, report in offline.items():
+        assert abs(ours[method]["in_distribution"] - report.in_distribution) < 0.1, method
+        assert set(ours[method]["per_dataset"]) == set(report.per_dataset)
+        for name, value in report.per_dataset.items():
+            assert abs(ours[method]["per_dataset"][name] - value) < 0.1, (method, name)
+    assert ours["oracle"]["in_distribution"] > ours["avengers"]["in_distribution"] > ours["random"]["in_distribution"]
+
+    # Team selection by rank score, saved with the snapshot; activation is one action, recorded.
+    assert len(snapshot.team) == 9 and snapshot.rank_scores[snapshot.team[0]] == max(snapshot.rank_scores.values())
+    other = build(datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()), k=8, seed=42,
+                  shrinkage=0, team_size=3)
+    assert len(other.team) == 3 and set(other.team) <= set(snapshot.rank_scores)
+    services.snapshot_activate(snapshot=snapshot)
+    services.snapshot_activate(snapshot=other)
+    assert list(RouterSnapshot.objects.filter(is_active=True)) == [other]
+    assert SnapshotActivation.objects.count() == 2
+
+
+def test_a_model_added_later_gives_the_snapshot_built_with_it_and_computes_nothing_again(llmrouter) -> None:  # type: ignore[no-untyped-def]
+    datasets = list(Dataset.objects.all())
+    everyone = list(LanguageModel.objects.all())
+    without = [m for m in everyone if m.name != HELD_OUT_MODEL]
+    full = build(datasets=datasets, models=everyone, k=64, seed=42, shrinkage=32)
+    partial = build(datasets=datasets, models=without, k=64, seed=42, shrinkage=32)
+    embeddings, responses = QueryEmbedding.objects.count(), ModelResponse.objects.count()
+
+    added = services.snapshot_add_model(snapshot=partial, model=LanguageModel.objects.get(name=HELD_OUT_MODEL),
+                                        queue=False)
+    assert not added.evaluation_runs.exists()  # its results were already stored
+    assert services.snapshot_build(snapshot_id=added.pk) == "built"
+    added.refresh_from_db()
+    assert (QueryEmbedding.objects.count(), ModelResponse.objects.count()) == (embeddings, responses)
+    assert added.kind == "add_model" and added.parent == partial and added.pool.count() == 9
+
+    def clusters(snapshot: RouterSnapshot) -> np.ndarray:
+        return np.asarray(list(snapshot.clusters.order_by("index").values_list("centroid", flat=True)))
+
+    assert np.allclose(clusters(added), clusters(full), atol=1e-6)
+    assert dict(added.assignments.values_list("query_id", "cluster")) == \
+        dict(full.assignments.values_list("query_id", "cluster"))
+
+    def profiles(snapshot: RouterSnapshot) -> dict[tuple[str, int], tuple[int, float | None, int]]:
+        return {(m, c): (n, None if mean is None else round(mean, 9), rank) for m, c, n, mean, rank in
+                snapshot.profiles.values_list("model__name", "cluster", "n", "mean", "rank")}
+
+    assert profiles(added) == profiles(full)
+    assert added.team == full.team and added.rank_scores == pytest.approx(full.rank_scores)
+
+
+def test_a_dataset_added_later_is_reclustered_and_only_its_queries_are_embedded(llmrouter) -> None:  # type: ignore[no-untyped-def]
+    datasets = [d for d in Dataset.objects.all() if d.name != "mbpp"]
+    base = build(datasets=datasets, models=list(LanguageModel.objects.all()), k=16, seed=42, shrinkage=32)
+    mbpp = Dataset.objects.get(name="mbpp")
+    QueryEmbedding.objects.filter(query__dataset=mbpp).delete()  # as if it had just been uploaded
+    before = QueryEmbedding.objects.count()
+    responses = ModelResponse.objects.count()
+    added = services.snapshot_add_dataset(snapshot=base, dataset=mbpp, queue=False)
+    assert services.snapshot_build(snapshot_id=added.pk) == "built"
+    added.refresh_from_db()
+    new_queries = Query.objects.filter(dataset=mbpp).count()
+    assert QueryEmbedding.objects.count() - before == new_queries  # only mbpp's queries were embedded
+    assert ModelResponse.objects.count() == responses  # offline models: nothing to evaluate, nothing evaluated
+    assert added.n_train == base.n_train + Query.objects.filter(dataset=mbpp, split="train").count()
+    assert "mbpp" in set().union(*added.clusters.values_list("datasets", flat=True))
+    assert not np.allclose(  # re-clustered: the centroids moved
+        np.asarray(list(added.clusters.order_by("index").values_list("centroid", flat=True))),
+        np.asarray(list(base.clusters.order_by("index").values_list("centroid", flat=True))))
+
+
+def test_bad_snapshot_requests_are_refused_and_create_nothing(llmrouter) -> None:  # type: ignore[no-untyped-def]
+    datasets, models = list(Dataset.objects.all()), list(LanguageModel.objects.all())
+    cases = [
+        ({"embedder": "word2vec"}, "embedder"), ({"method": "dbscan"}, "method"), ({"k": 10_000}, "k"),
+        ({"shrinkage": "lots"}, "shrinkage"), ({"team": ["nobody"]}, "team"), ({"team_size": 12}, "team_size"),
+        ({"datasets": []}, "datasets"), ({"models": []}, "models"),
+    ]
+    for change, field in cases:
+        with pytest.raises(services.CalibrationError) as caught:
+            services.snapshot_create(**{"datasets": datasets, "models": models, "queue": False, **change})
+        assert caught.value.field == field
+    assert not RouterSnapshot.objects.exists()
