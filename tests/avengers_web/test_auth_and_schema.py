@@ -35,6 +35,18 @@ COVERAGE = {
     ("/api/v1/evaluations/{id}/cancel", "post"): "test_an_evaluation_is_cancelled_and_resumed_through_the_api",
     ("/api/v1/evaluations/{id}/resume", "post"): "test_an_evaluation_is_cancelled_and_resumed_through_the_api",
     ("/api/v1/evaluations/{id}/samples", "get"): "test_an_evaluation_is_started_followed_and_its_samples_browsed",
+    ("/api/v1/snapshots", "get"): "test_snapshots_are_built_read_activated_and_derived_through_the_api",
+    ("/api/v1/snapshots", "post"): "test_snapshots_are_built_read_activated_and_derived_through_the_api",
+    ("/api/v1/snapshots/{id}", "get"): "test_snapshots_are_built_read_activated_and_derived_through_the_api",
+    ("/api/v1/snapshots/{id}/activate", "post"): "test_snapshots_are_built_read_activated_and_derived_through_the_api",
+    ("/api/v1/snapshots/{id}/add-model", "post"): "test_snapshots_are_built_read_activated_and_derived_through_the_api",
+    ("/api/v1/snapshots/{id}/add-dataset", "post"):
+        "test_snapshots_are_built_read_activated_and_derived_through_the_api",
+    ("/api/v1/snapshots/{id}/clusters", "get"): "test_snapshots_are_built_read_activated_and_derived_through_the_api",
+    ("/api/v1/snapshots/{id}/profiles", "get"): "test_snapshots_are_built_read_activated_and_derived_through_the_api",
+    ("/api/v1/snapshots/{id}/heldout", "get"): "test_snapshots_are_built_read_activated_and_derived_through_the_api",
+    ("/api/v1/embedding-jobs", "post"): "test_an_embedding_job_embeds_only_what_is_missing_and_reports_progress",
+    ("/api/v1/embedding-jobs/{id}", "get"): "test_an_embedding_job_embeds_only_what_is_missing_and_reports_progress",
 }
 
 
