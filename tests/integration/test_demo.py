@@ -60,6 +60,12 @@ def test_the_demo_serves_real_data_runs_uploads_in_its_worker_and_stops_what_it_
         assert datasets["count"] == 14
         assert sum(d["n_train"] for d in datasets["results"]) == 5608
         assert httpx.get(base + "/api/v1/models", headers=headers).json()["count"] == 9
+        # It ends with an active K=64 snapshot of the demo data, so leaderboards work without a step by hand.
+        (snapshot,) = httpx.get(base + "/api/v1/snapshots", headers=headers).json()["results"]
+        assert snapshot["is_active"] and snapshot["status"] == "done" and snapshot["k"] == 64
+        clusters = httpx.get(base + f"/api/v1/snapshots/{snapshot['id']}/clusters", headers=headers).json()
+        assert len(clusters) == 64 and sum(c["size"] for c in clusters) == 5608
+        assert httpx.get(base + f"/snapshots/{snapshot['id']}/heatmap/").status_code == 200
         assert httpx.get(base + "/api/v1/models").status_code == 401
 
         # The dashboard's upload goes through the default file broker to the demo's own worker.

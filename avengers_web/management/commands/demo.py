@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from avengers_web import embedded_db
 from avengers_web.services import api_token_authenticate, api_token_create
 from evaluation.core.datasets import DatasetFileError
-from evaluation.models import LanguageModel
+from evaluation.models import Dataset, LanguageModel, Query
 from evaluation.services import dataset_import_file
 
 SHARED_RECORDS = settings.BASE_DIR.parent / "shared" / "data" / "llmrouter" / "records.jsonl"
@@ -42,6 +42,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         self._import(options["records"])
         user = self._user(options["username"], options["password"])
+        self._snapshot(user)
         token = self._token(user)
         children = [
             self._spawn([sys.executable, "-m", "celery", "-A", "avengers_web", "worker", "--loglevel", "INFO",
@@ -94,6 +95,31 @@ class Command(BaseCommand):
                 cost_output_per_mtok=Decimal(str(info.get("output_price", 0))),
                 description=info.get("feature", ""),
             )
+
+    def _snapshot(self, user: Any) -> None:
+        """Build and activate a K=64 router snapshot of the demo data, unless one is active already."""
+        from routing import services as routing_services
+        from routing.models import RouterSnapshot
+
+        active = RouterSnapshot.objects.filter(is_active=True).first()
+        if active is not None:
+            self.stdout.write(f"Router snapshot v{active.version} is active.")
+            return
+        train = Query.objects.filter(split="train").count()
+        k = min(64, max(2, train // 10))
+        self.stdout.write(f"Building router snapshot (K={k}, all datasets and models; embeddings are cached "
+                          f"after the first run) ...")
+        snapshot = routing_services.snapshot_create(
+            datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()), k=k,
+            label="demo", user=user, queue=False)
+        routing_services.snapshot_build(snapshot_id=snapshot.pk)
+        snapshot.refresh_from_db()
+        if snapshot.status != RouterSnapshot.Status.DONE:
+            raise CommandError(f"building the demo snapshot failed: {snapshot.message}")
+        routing_services.snapshot_activate(snapshot=snapshot, user=user)
+        avengers = snapshot.heldout.get("methods", {}).get("avengers", {}).get("in_distribution")
+        self.stdout.write(f"  v{snapshot.version} active: {snapshot.message}"
+                          + (f"; held-out accuracy {avengers:.1f}" if avengers is not None else ""))
 
     def _user(self, username: str, password: str) -> Any:
         User = get_user_model()
