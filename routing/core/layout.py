@@ -21,10 +21,7 @@ def project_2d(embeddings: NDArray[np.floating], *, fit_on: NDArray[np.floating]
         return np.zeros((len(rows), 2))
     mean = basis_rows.mean(axis=0)
     centred = basis_rows - mean
-    # The eigenvectors of the (dim x dim) scatter matrix, not an SVD of the (n x dim) rows: the same
-    # components, in milliseconds instead of seconds at 100k queries.
-    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)
-    components = eigenvectors[:, np.argsort(eigenvalues)[::-1][:2]].T
+    components = _top_two_directions(centred.T @ centred)
     # A sign convention, so that the same data always gives the same picture.
     signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
     components = components * np.where(signs == 0, 1.0, signs)[:, None]
@@ -32,6 +29,27 @@ def project_2d(embeddings: NDArray[np.floating], *, fit_on: NDArray[np.floating]
     if projected.shape[1] < 2:
         projected = np.hstack([projected, np.zeros((len(rows), 2 - projected.shape[1]))])
     return projected
+
+
+def _top_two_directions(scatter: NDArray[np.float64], iterations: int = 300) -> NDArray[np.float64]:
+    """Return the two leading eigenvectors (rows) of a symmetric matrix by subspace iteration.
+
+    Matrix products only: LAPACK's eigensolvers take seconds on a 384 x 384 matrix on some machines
+    (OpenBLAS here), while 300 products with a (dim x 2) block take milliseconds. The start is fixed, so
+    the result is deterministic.
+    """
+    dim = scatter.shape[0]
+    block = np.zeros((dim, min(2, dim)))
+    block[np.arange(block.shape[1]), np.arange(block.shape[1])] = 1.0
+    block += np.linspace(0.01, 0.02, dim)[:, None] * np.arange(1, block.shape[1] + 1)
+    for _ in range(iterations):
+        block = scatter @ block
+        # Gram-Schmidt on two columns.
+        block[:, 0] /= np.linalg.norm(block[:, 0]) or 1.0
+        if block.shape[1] > 1:
+            block[:, 1] -= block[:, 0] * (block[:, 0] @ block[:, 1])
+            block[:, 1] /= np.linalg.norm(block[:, 1]) or 1.0
+    return block.T
 
 
 def order_clusters(centroids: NDArray[np.floating]) -> list[int]:
