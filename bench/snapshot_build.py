@@ -72,6 +72,11 @@ def main() -> None:
     from routing import services
 
     call_command("migrate", verbosity=0)
+    from evaluation.models import Dataset
+    from routing.models import RouterSnapshot
+
+    RouterSnapshot.objects.all().delete()  # what an interrupted earlier run left behind
+    Dataset.objects.filter(name__startswith="synthetic-").delete()
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"numpy {np.__version__}")
     header = f"{'train':>7} {'shrinkage':>9} " + " ".join(f"{s.removesuffix('_s'):>10}" for s in STAGES)
