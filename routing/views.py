@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -12,8 +13,10 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from evaluation.models import LanguageModel
+from evaluation.models import Dataset, LanguageModel
 from routing import selectors, services
+from routing.core.clustering import CLUSTERING_METHODS
+from routing.core.embedding import EMBEDDERS
 from routing.models import RouterSnapshot, SnapshotCluster
 
 PAGE_SIZE = 25
@@ -71,6 +74,8 @@ def snapshot_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "activations": selectors.snapshot_activations(snapshot), "comparison": comparison,
         "choices": [s for s in selectors.snapshot_choices() if s.pk != snapshot.pk],
         "follow": _follow(snapshot),
+        "models_to_add": LanguageModel.objects.exclude(snapshots=snapshot).order_by("name"),
+        "datasets_to_add": Dataset.objects.exclude(snapshots=snapshot).order_by("name"),
     })
 
 
@@ -157,3 +162,64 @@ def model_profile_context(request: HttpRequest, model: LanguageModel) -> dict[st
         "routing_snapshot": snapshot, "routing_profile": profile, "routing_chart": chart,
         "routing_choices": selectors.snapshot_choices(), "routing_requested": requested,
     }
+
+
+class SnapshotForm(forms.Form):
+    datasets = forms.ModelMultipleChoiceField(queryset=Dataset.objects.order_by("name"),
+                                              widget=forms.SelectMultiple(attrs={"size": 8}))
+    models = forms.ModelMultipleChoiceField(queryset=LanguageModel.objects.order_by("name"), label="Pool of models",
+                                            widget=forms.SelectMultiple(attrs={"size": 8}))
+    k = forms.IntegerField(label="K (clusters)", min_value=1, initial=64)
+    method = forms.ChoiceField(choices=[(m, m) for m in sorted(CLUSTERING_METHODS)], initial="kmeans")
+    embedder = forms.ChoiceField(choices=[(e, e) for e in sorted(EMBEDDERS)], initial="minilm")
+    seed = forms.IntegerField(initial=42)
+    shrinkage = forms.CharField(initial="auto", help_text='"auto" (5-fold CV on train) or pseudo-queries, e.g. 32.')
+    team_size = forms.IntegerField(required=False, min_value=1, label="Team size M",
+                                   help_text="Top-M models by rank score; empty: the whole pool.")
+    team = forms.ModelMultipleChoiceField(queryset=LanguageModel.objects.order_by("name"), required=False,
+                                          label="Or choose the team by hand",
+                                          widget=forms.SelectMultiple(attrs={"size": 5}))
+    label = forms.CharField(required=False, max_length=200)
+
+
+@login_required
+def snapshot_create(request: HttpRequest) -> HttpResponse:
+    form = SnapshotForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            snapshot = services.snapshot_create(
+                datasets=list(data["datasets"]), models=list(data["models"]), k=data["k"], method=data["method"],
+                embedder=data["embedder"], seed=data["seed"], shrinkage=data["shrinkage"],
+                team_size=data["team_size"], team=[m.name for m in data["team"]] or None, label=data["label"],
+                user=request.user,
+            )
+        except services.CalibrationError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            messages.success(request, f"Building {snapshot}; this page follows its progress.")
+            return redirect("snapshot-detail", pk=snapshot.pk)
+    return render(request, "routing/snapshot_form.html", {"form": form})
+
+
+@login_required
+@require_POST
+def snapshot_derive(request: HttpRequest, pk: int) -> HttpResponse:
+    """Add a model (same clusters) or a dataset (re-clustered): one action, a new snapshot."""
+    snapshot = _snapshot_or_404(pk)
+    try:
+        if request.POST.get("model"):
+            model = LanguageModel.objects.filter(pk=request.POST["model"]).first()
+            if model is None:
+                raise Http404("No such model")
+            derived = services.snapshot_add_model(snapshot=snapshot, model=model, user=request.user)
+        else:
+            dataset = Dataset.objects.filter(pk=request.POST.get("dataset") or 0).first()
+            if dataset is None:
+                raise Http404("No such dataset")
+            derived = services.snapshot_add_dataset(snapshot=snapshot, dataset=dataset, user=request.user)
+    except services.CalibrationError as exc:
+        messages.error(request, f"Could not derive from {snapshot}: {exc.message}")
+        return redirect("snapshot-detail", pk=pk)
+    messages.success(request, f"Building {derived} ({derived.get_kind_display()}).")
+    return redirect("snapshot-detail", pk=derived.pk)

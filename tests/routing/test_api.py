@@ -127,3 +127,29 @@ def test_the_calibrate_command_builds_activates_and_explains_mistakes(sample) ->
         call_command("calibrate", "build", "--datasets", "gsm8k", "--models", "gemma-2-9b-it", "--k", "1000",
                      stdout=StringIO())
     assert ModelResponse.objects.filter(source="generated").count() == 0
+
+
+def test_snapshots_are_started_and_derived_from_the_dashboard(client, user, sample) -> None:  # type: ignore[no-untyped-def]
+    assert client.get("/snapshots/new/").status_code == 302  # log in first
+    client.force_login(user)
+    gsm8k, math = Dataset.objects.get(name="gsm8k"), Dataset.objects.get(name="math")
+    models = list(LanguageModel.objects.filter(name__in=["qwen2.5-7b-instruct", "llama-3.1-8b-instruct"]))
+    bad = client.post("/snapshots/new/", {"datasets": [gsm8k.pk], "models": [m.pk for m in models], "k": 5000,
+                                          "method": "kmeans", "embedder": "minilm", "seed": 42, "shrinkage": "auto"})
+    assert bad.status_code == 200 and "K=5000 is more than" in bad.content.decode()
+    assert not RouterSnapshot.objects.exists()
+    response = client.post("/snapshots/new/", {"datasets": [gsm8k.pk], "models": [m.pk for m in models], "k": 3,
+                                               "method": "kmeans", "embedder": "minilm", "seed": 42, "shrinkage": "0"})
+    snapshot = RouterSnapshot.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/snapshots/{snapshot.pk}/"
+    assert services.snapshot_build(snapshot_id=snapshot.pk) == "built"
+    page = client.get(f"/snapshots/{snapshot.pk}/").content.decode()
+    assert 'data-testid="add-model"' in page and "gemma-2-9b-it" in page
+    gemma = LanguageModel.objects.get(name="gemma-2-9b-it")
+    derived = client.post(f"/snapshots/{snapshot.pk}/derive/", {"model": gemma.pk})
+    child = RouterSnapshot.objects.get(parent=snapshot, kind="add_model")
+    assert derived["Location"] == f"/snapshots/{child.pk}/" and child.pool.count() == 3
+    client.post(f"/snapshots/{snapshot.pk}/derive/", {"dataset": math.pk})
+    assert RouterSnapshot.objects.get(parent=snapshot, kind="add_dataset").datasets.count() == 2
+    refused = client.post(f"/snapshots/{snapshot.pk}/derive/", {"model": models[0].pk}, follow=True)
+    assert "is already in v1" in refused.content.decode()
