@@ -295,9 +295,9 @@ def snapshot_add_model(*, snapshot: RouterSnapshot, model: LanguageModel, user: 
     if model in pool:
         raise CalibrationError("model", f"{model.name} is already in v{snapshot.version}")
     datasets = list(snapshot.datasets.all())
-    missing = _missing_scores(model, datasets)
-    if missing and model.is_offline and len(missing) == len(datasets) and all(
-            missing[d.pk] == Query.objects.filter(dataset=d, split="train").count() for d in datasets):
+    scored = Query.objects.filter(dataset__in=datasets, split="train", responses__model=model,
+                                  responses__score__isnull=False, responses__error="").exists()
+    if model.is_offline and not scored:
         raise CalibrationError("model", f"{model.name} has no scores on the snapshot's train queries and no "
                                         "endpoint to evaluate it; import its results or give it a base URL")
     with transaction.atomic():

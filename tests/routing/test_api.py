@@ -153,3 +153,29 @@ def test_snapshots_are_started_and_derived_from_the_dashboard(client, user, samp
     assert RouterSnapshot.objects.get(parent=snapshot, kind="add_dataset").datasets.count() == 2
     refused = client.post(f"/snapshots/{snapshot.pk}/derive/", {"model": models[0].pk}, follow=True)
     assert "is already in v1" in refused.content.decode()
+
+
+def test_a_new_model_is_evaluated_by_the_engine_before_its_profile_is_added(sample) -> None:  # type: ignore[no-untyped-def]
+    from evaluation import engine
+    from tests.support.fakes import FakeLLMClient
+
+    gsm8k = Dataset.objects.get(name="gsm8k")
+    snapshot = services.snapshot_create(datasets=[gsm8k], models=list(LanguageModel.objects.filter(
+        name__in=["qwen2.5-7b-instruct", "gemma-2-9b-it"])), k=3, shrinkage=0, queue=False)
+    assert services.snapshot_build(snapshot_id=snapshot.pk) == "built"
+    snapshot.refresh_from_db()
+    with pytest.raises(services.CalibrationError, match="no scores on the snapshot's train queries"):
+        services.snapshot_add_model(snapshot=snapshot, model=LanguageModel.objects.create(name="ghost"), queue=False)
+
+    newcomer = LanguageModel.objects.create(name="newcomer", base_url="http://127.0.0.1:9/v1", max_concurrency=4)
+    derived = services.snapshot_add_model(snapshot=snapshot, model=newcomer, queue=False)
+    (run,) = derived.evaluation_runs.all()
+    assert (run.dataset, run.split, list(run.language_models.all())) == (gsm8k, "train", [newcomer])
+    assert services.snapshot_build(snapshot_id=derived.pk) == "waiting"
+    assert RouterSnapshot.objects.get(pk=derived.pk).status == "evaluating"
+    engine.evaluation_lane_run(run_id=run.pk, model_id=newcomer.pk, client_factory=lambda m: FakeLLMClient())
+    assert services.snapshot_build(snapshot_id=derived.pk) == "built"
+    train = Query.objects.filter(dataset=gsm8k, split="train").count()
+    profile = derived.profiles.filter(model=newcomer)
+    assert profile.count() == 3 and sum(profile.values_list("n", flat=True)) == train
+    assert ModelResponse.objects.filter(model=newcomer, source="generated").count() == train
