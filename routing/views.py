@@ -17,7 +17,7 @@ from evaluation.models import Dataset, LanguageModel
 from routing import selectors, services
 from routing.core.clustering import CLUSTERING_METHODS
 from routing.core.embedding import EMBEDDERS
-from routing.models import RouterSnapshot, SnapshotCluster
+from routing.models import EmbeddingJob, RouterSnapshot, SnapshotCluster
 
 PAGE_SIZE = 25
 # Above this many clusters the heatmap's cells are too narrow for their values; colour and the legend remain.
@@ -51,8 +51,10 @@ def _follow(snapshot: RouterSnapshot) -> bool:
 def snapshot_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.snapshot_list(), PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [(s, selectors.heldout_in_distribution(s)) for s in page]
+    jobs = list(EmbeddingJob.objects.prefetch_related("datasets").order_by("-created_at")[:5])
     return render(request, "routing/snapshot_list.html", {
-        "page": page, "rows": rows, "follow": any(_follow(s) for s in page),
+        "page": page, "rows": rows, "follow": any(_follow(s) for s in page), "jobs": jobs,
+        "jobs_running": any(not job.is_finished for job in jobs),
     })
 
 

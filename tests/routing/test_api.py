@@ -179,3 +179,14 @@ def test_a_new_model_is_evaluated_by_the_engine_before_its_profile_is_added(samp
     profile = derived.profiles.filter(model=newcomer)
     assert profile.count() == 3 and sum(profile.values_list("n", flat=True)) == train
     assert ModelResponse.objects.filter(model=newcomer, source="generated").count() == train
+
+
+def test_embedding_jobs_show_their_progress_on_the_snapshots_page(client, sample) -> None:  # type: ignore[no-untyped-def]
+    job = services.embedding_job_create(datasets=list(Dataset.objects.filter(name="gsm8k")), embedder="minilm",
+                                        queue=False)
+    page = client.get("/snapshots/").content.decode()
+    assert 'data-testid="embedding-job"' in page and "starting" in page and 'http-equiv="refresh"' in page
+    services.embedding_job_run(job_id=job.pk)
+    page = client.get("/snapshots/").content.decode()
+    total = Query.objects.filter(dataset__name="gsm8k").count()
+    assert f"{total} of {total}" in page and 'http-equiv="refresh"' not in page
