@@ -11,6 +11,12 @@ from django.utils import timezone
 from avengers_web.models import Activity, ApiToken
 
 TOKEN_PREFIX = "avk_"
+User = AbstractBaseUser | AnonymousUser | None  # who asked for a change: a user, a visitor, or the system
+
+
+def owner_of(user: User) -> AbstractBaseUser | None:
+    """Return the user to record as the owner or actor: None for visitors and the system."""
+    return user if user is not None and user.is_authenticated else None
 
 
 def hash_token(key: str) -> str:
@@ -52,8 +58,5 @@ def api_token_revoke(*, token: ApiToken) -> None:
     ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
-def activity_record(
-    *, actor: AbstractBaseUser | AnonymousUser | None, verb: str, target: str, url: str = ""
-) -> Activity:
-    user = actor if actor is not None and actor.is_authenticated else None
-    return Activity.objects.create(actor=user, verb=verb, target=target[:300], url=url)
+def activity_record(*, actor: User, verb: str, target: str, url: str = "") -> Activity:
+    return Activity.objects.create(actor=owner_of(actor), verb=verb, target=target[:300], url=url)

@@ -37,13 +37,12 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.db.models import Avg, Count, F, Q, QuerySet, Sum
 from django.urls import reverse
 from django.utils import timezone
 
-from avengers_web.services import activity_record
+from avengers_web.services import User, activity_record, owner_of
 from evaluation import providers
 from evaluation.core import grading
 from evaluation.core.generation import (
@@ -70,7 +69,6 @@ from evaluation.models import (
 from evaluation.tasks import evaluation_lane as evaluation_lane_task
 
 logger = logging.getLogger(__name__)
-User = AbstractBaseUser | AnonymousUser | None
 ClientFactory = Callable[[LanguageModel], LLMClient]
 MAX_SAMPLES = 100
 REQUEST_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop")
@@ -140,7 +138,7 @@ def evaluation_run_create(
     if not query_ids:
         raise RunError("split", f"dataset {dataset.name} has no {split} queries")
     task_types = sorted(set(Query.objects.filter(id__in=query_ids).values_list("task_type", flat=True)))
-    owner = user if user is not None and user.is_authenticated else None
+    owner = owner_of(user)
     with transaction.atomic():
         run = EvaluationRun.objects.create(
             dataset=dataset, split=split, samples=samples, params=run_params, use_cache=use_cache, limit=limit,

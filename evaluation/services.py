@@ -11,13 +11,12 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from avengers_web.services import activity_record
+from avengers_web.services import User, activity_record, owner_of
 from evaluation import providers
 from evaluation.core.datasets import (
     DatasetFileError,
@@ -35,7 +34,6 @@ from evaluation.core.sampling import validate_sampling_params
 from evaluation.models import Dataset, DatasetImport, LanguageModel, ModelResponse, Query
 from evaluation.tasks import dataset_import_run as dataset_import_run_task
 
-User = AbstractBaseUser | AnonymousUser | None
 # An import that has been running this long without finishing is taken to be dead and may be claimed again.
 STALE_IMPORT_AFTER = timedelta(minutes=15)
 
@@ -104,7 +102,7 @@ def _write_import(
     filename: str,
 ) -> ImportSummary:
     summary = ImportSummary(format=parsed.format)
-    owner = user if user is not None and user.is_authenticated else None
+    owner = owner_of(user)
     problems: list[Problem] = []
     query_ids: dict[tuple[str, str], int] = {}
     new_rows: list[tuple[int, str, Query]] = []  # (line, dataset name, row)
@@ -221,7 +219,7 @@ def dataset_import_create(*, data: bytes, filename: str, default_name: str = "",
                                                f"{settings.MAX_UPLOAD_BYTES / 1024 / 1024:.0f} MB; split it")])
     if not data.strip():
         raise DatasetFileError([Problem(0, "", "the file is empty")])
-    owner = user if user is not None and user.is_authenticated else None
+    owner = owner_of(user)
     job = DatasetImport.objects.create(
         filename=filename[:255], size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), payload=data,
         default_name=default_name, created_by=owner,
@@ -320,7 +318,7 @@ class ModelFieldError(ValueError):
 def model_create(*, user: User, name: str, **fields: Any) -> LanguageModel:
     """Register a model endpoint (or an offline model when base_url is empty)."""
     fields = _clean_model_fields(fields)
-    owner = user if user is not None and user.is_authenticated else None
+    owner = owner_of(user)
     model = LanguageModel(name=name, created_by=owner, **fields)
     model.full_clean()
     model.save()

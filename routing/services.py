@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
 from django.db.models import Avg, Max, Q
 from django.urls import reverse
 from django.utils import timezone
 from numpy.typing import NDArray
 
-from avengers_web.services import activity_record
+from avengers_web.services import User, activity_record, owner_of
 from evaluation import engine
 from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
 from routing.core.clustering import CLUSTERING_METHODS, Clustering, fit_clusters
@@ -50,7 +49,6 @@ from routing.tasks import embedding_job_run as embedding_job_run_task
 from routing.tasks import snapshot_build as snapshot_build_task
 
 logger = logging.getLogger(__name__)
-User = AbstractBaseUser | AnonymousUser | None
 EmbedderFactory = Callable[[str], Embedder]
 EMBED_BATCH = 256
 _VERSION_LOCK = 0x5256  # "RV": serialises version numbers of new snapshots
@@ -63,10 +61,6 @@ class CalibrationError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-def _owner(user: User) -> Any:
-    return user if user is not None and user.is_authenticated else None
 
 
 # ---------------------------------------------------------------------------------------------- embedding
@@ -114,7 +108,7 @@ def embedding_job_create(*, datasets: Sequence[Dataset], embedder: str, user: Us
     if not datasets:
         raise CalibrationError("datasets", "choose at least one dataset")
     with transaction.atomic():
-        job = EmbeddingJob.objects.create(embedder=embedder, created_by=_owner(user))
+        job = EmbeddingJob.objects.create(embedder=embedder, created_by=owner_of(user))
         job.datasets.set(datasets)
         if queue:
             transaction.on_commit(partial(embedding_job_run_task.delay, job.pk))
@@ -241,7 +235,7 @@ def snapshot_create(
         snapshot = RouterSnapshot.objects.create(
             version=_next_version(), label=label, kind=kind, parent=parent, embedder=embedder, method=method, k=k,
             seed=seed, shrinkage_setting=shrinkage_setting, team_size=team_size, team=list(team or []),
-            team_chosen_by_hand=team is not None, created_by=_owner(user),
+            team_chosen_by_hand=team is not None, created_by=owner_of(user),
         )
         snapshot.datasets.set(datasets)
         snapshot.pool.set(models)
@@ -343,7 +337,7 @@ def snapshot_activate(*, snapshot: RouterSnapshot, user: User = None) -> RouterS
     with transaction.atomic():
         RouterSnapshot.objects.select_for_update().filter(is_active=True).exclude(pk=snapshot.pk).update(is_active=False)
         RouterSnapshot.objects.filter(pk=snapshot.pk).update(is_active=True)
-        SnapshotActivation.objects.create(snapshot=snapshot, activated_by=_owner(user))
+        SnapshotActivation.objects.create(snapshot=snapshot, activated_by=owner_of(user))
     activity_record(actor=user, verb="activated router snapshot", target=f"v{snapshot.version}",
                     url=_snapshot_url(snapshot))
     snapshot.refresh_from_db()
