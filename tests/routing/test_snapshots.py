@@ -99,7 +99,9 @@ def test_a_dataset_added_later_is_reclustered_and_only_its_queries_are_embedded(
     datasets = [d for d in Dataset.objects.all() if d.name != "mbpp"]
     base = build(datasets=datasets, models=list(LanguageModel.objects.all()), k=16, seed=42, shrinkage=32)
     mbpp = Dataset.objects.get(name="mbpp")
-    QueryEmbedding.objects.filter(query__dataset=mbpp).delete()  # as if it had just been uploaded
+    # As if it had just been uploaded (by query ids: a join in a DELETE can get a poor plan on fresh tables).
+    mbpp_ids = list(Query.objects.filter(dataset=mbpp).values_list("id", flat=True))
+    QueryEmbedding.objects.filter(query_id__in=mbpp_ids).delete()
     before = QueryEmbedding.objects.count()
     responses = ModelResponse.objects.count()
     added = services.snapshot_add_dataset(snapshot=base, dataset=mbpp, queue=False)
