@@ -25,7 +25,25 @@ def test_the_routing_pages_show_a_real_k64_snapshot(page: Page, live_server, use
                                         k=64, shrinkage=32, label="llmrouter", queue=False)
     assert services.snapshot_build(snapshot_id=snapshot.pk) == "built"
     snapshot = RouterSnapshot.objects.get(pk=snapshot.pk)
+    coarse = services.snapshot_create(datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()),
+                                      k=8, shrinkage=32, label="coarse", queue=False)
+    assert services.snapshot_build(snapshot_id=coarse.pk) == "built"
+    coarse = RouterSnapshot.objects.get(pk=coarse.pk)
     log_in(page, live_server)
+
+    page.goto("/snapshots/")
+    expect(page.locator("main")).to_contain_text("llmrouter")
+    expect(page.locator("main")).to_contain_text("coarse")
+    shot(page, screenshots, "llmrouter-snapshots")
+
+    page.goto(f"/snapshots/{snapshot.pk}/?compare={coarse.pk}")
+    expect(page.get_by_test_id("compare-heldout")).to_contain_text(
+        f"{coarse.heldout['methods']['avengers']['in_distribution']:.1f}")
+    shot(page, screenshots, "llmrouter-compare")
+
+    page.goto(f"/snapshots/{snapshot.pk}/clusters/")
+    expect(page.get_by_test_id("cluster-table").locator("tbody tr")).to_have_count(64)
+    shot(page, screenshots, "llmrouter-clusters")
 
     page.goto(f"/snapshots/{snapshot.pk}/")
     expect(page.get_by_test_id("snapshot-status")).to_have_text("done")
