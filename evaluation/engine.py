@@ -38,7 +38,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Avg, Count, F, Q, QuerySet, Sum
+from django.db.models import Count, F, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
@@ -458,7 +458,7 @@ class _Lane:
         if self.left[batch_id] > 0:
             return
         del self.left[batch_id]
-        batch = self.open.pop(batch_id)
+        self.open.pop(batch_id)
         rows = EvaluationBatch.objects.filter(pk=batch_id)
         if self.cancelled:
             rows.update(status=EvaluationBatch.Status.PENDING, message="cancelled")
