@@ -14,12 +14,12 @@ from rest_framework.views import APIView
 
 from avengers_web.api import Pagination
 from evaluation import selectors as evaluation_selectors
-from routing import services
+from routing import selectors, services
 from routing.models import EmbeddingJob, RouterSnapshot, SnapshotProfile
 
 
 def _snapshot_or_404(pk: int) -> RouterSnapshot:
-    snapshot = RouterSnapshot.objects.filter(pk=pk).prefetch_related("datasets", "pool").first()
+    snapshot = selectors.snapshot_get(pk)
     if snapshot is None:
         raise Http404
     return snapshot
@@ -87,8 +87,7 @@ class SnapshotListCreateApi(APIView):
     @extend_schema(operation_id="snapshots_list", responses=SnapshotOutput(many=True))
     def get(self, request: Request) -> Response:
         paginator = Pagination()
-        snapshots = RouterSnapshot.objects.prefetch_related("datasets", "pool").select_related("created_by")
-        page = paginator.paginate_queryset(snapshots, request, view=self)
+        page = paginator.paginate_queryset(selectors.snapshot_list().prefetch_related("pool"), request, view=self)
         return paginator.get_paginated_response(SnapshotOutput(page, many=True).data)
 
     @extend_schema(operation_id="snapshots_create", request=SnapshotCreateInput, responses={201: SnapshotOutput},
