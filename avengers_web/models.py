@@ -15,6 +15,9 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Routing requests (route, answer, chat) this token may make per minute; empty: the site default.")
 
     class Meta:
         ordering = ["-created_at"]

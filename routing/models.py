@@ -177,3 +177,60 @@ class SnapshotActivation(models.Model):
 
     def __str__(self) -> str:
         return f"v{self.snapshot_id} activated at {self.activated_at:%Y-%m-%d %H:%M}"
+
+
+class RoutingDecision(models.Model):
+    """One routed request: what was asked, where it went, who answered, the votes, and how long each stage took.
+
+    Written in bulk by a background writer after the response (``routing.decision_log``), so a slow or
+    failing write never delays or fails the request it describes.
+    """
+
+    class Endpoint(models.TextChoices):
+        ROUTE = "route", "POST /api/v1/route"
+        ANSWER = "answer", "POST /api/v1/answer"
+        CHAT = "chat", "POST /v1/chat/completions"
+        PLAYGROUND = "playground", "dashboard playground"
+
+    request_id = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    token_prefix = models.CharField(max_length=12, blank=True)
+    endpoint = models.CharField(max_length=12, choices=Endpoint.choices)
+    query = models.TextField(blank=True, help_text="Empty when AVENGERS_LOG_QUERY_TEXT is off.")
+    query_sha256 = models.CharField(max_length=64)
+    query_chars = models.PositiveIntegerField(default=0)
+    snapshot = models.ForeignKey(RouterSnapshot, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="decisions")
+    cluster = models.IntegerField(null=True, blank=True)
+    similarity = models.FloatField(null=True, blank=True)
+    category = models.CharField(max_length=100, blank=True, db_index=True,
+                                help_text="The caller's label, else the dataset that dominates the cluster.")
+    runner_ups = models.JSONField(default=list, blank=True, help_text="[{cluster, similarity}] after the nearest.")
+    candidates = models.JSONField(default=list, blank=True,
+                                  help_text="[{model, score, rank, skipped?}] in routing order.")
+    strategy = models.CharField(max_length=20, blank=True)
+    task_type = models.CharField(max_length=20, blank=True)
+    chosen_model = models.CharField(max_length=200, blank=True, db_index=True,
+                                    help_text="The model whose response was returned.")
+    models_used = models.JSONField(default=list, blank=True)
+    fallback = models.BooleanField(default=False, db_index=True)
+    failures = models.JSONField(default=list, blank=True, help_text="[{model, kind, message}] of models that failed.")
+    samples = models.JSONField(default=list, blank=True,
+                               help_text="[{model, index, text, answer, key, finish_reason}].")
+    tally = models.JSONField(default=list, blank=True, help_text="[[answer, votes], ...] votes descending.")
+    final_answer = models.TextField(blank=True)
+    agreement = models.FloatField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    timings_ms = models.JSONField(default=dict, blank=True, help_text="Milliseconds by stage.")
+    total_ms = models.FloatField(default=0.0)
+    status_code = models.PositiveIntegerField(default=200)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["snapshot", "cluster"])]
+
+    def __str__(self) -> str:
+        return f"decision {self.request_id} ({self.endpoint}, {self.chosen_model or 'no model'})"
