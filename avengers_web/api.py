@@ -57,6 +57,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = getattr(exc, "detail", str(exc))
         codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
         body = {"code": codes if isinstance(codes, str) else "error", "message": str(detail)}
+    # "type" as OpenAI clients expect it in /v1/ errors; the same everywhere so there is one error shape.
+    body["type"] = "server_error" if response.status_code >= 500 else "invalid_request_error"
     response.data = {"error": body}
     return response
 

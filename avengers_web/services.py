@@ -11,6 +11,7 @@ from django.utils import timezone
 from avengers_web.models import Activity, ApiToken
 
 TOKEN_PREFIX = "avk_"
+LAST_USED_EVERY_S = 60
 User = AbstractBaseUser | AnonymousUser | None  # who asked for a change: a user, a visitor, or the system
 
 
@@ -50,7 +51,11 @@ def api_token_authenticate(key: str) -> ApiToken | None:
         .first()
     )
     if token is not None:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        now = timezone.now()
+        # At most one write a minute per token: a busy token must not turn every request into an UPDATE.
+        if token.last_used_at is None or (now - token.last_used_at).total_seconds() >= LAST_USED_EVERY_S:
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+            token.last_used_at = now
     return token
 
 

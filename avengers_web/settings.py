@@ -187,6 +187,39 @@ EVAL_MAX_DEFERRALS = envint("AVENGERS_EVAL_MAX_DEFERRALS", "3")
 if EVAL_STALE_AFTER_S <= EVAL_HEARTBEAT_S:
     raise ImproperlyConfigured("AVENGERS_EVAL_STALE_AFTER_S must be larger than AVENGERS_EVAL_HEARTBEAT_S")
 
+# Routing service (POST /api/v1/route, /api/v1/answer, /v1/chat/completions).
+# How often a serving process re-reads which snapshot is active and the models' endpoints.
+ROUTING_REFRESH_S = float(os.environ.get("AVENGERS_ROUTING_REFRESH_S", "2"))
+ROUTING_RUNNER_UPS = envint("AVENGERS_ROUTING_RUNNER_UPS", "3")
+# A routed request gives up (503) when no model has answered within this many seconds.
+ROUTE_DEADLINE_S = float(os.environ.get("AVENGERS_ROUTE_DEADLINE_S", "60"))
+MAX_QUERY_CHARS = envint("AVENGERS_MAX_QUERY_CHARS", "16000")
+MAX_SAMPLES = envint("AVENGERS_MAX_SAMPLES", "20")
+MAX_ANSWER_TOKENS = envint("AVENGERS_MAX_ANSWER_TOKENS", "8192")
+DEFAULT_ANSWER_TOKENS = envint("AVENGERS_DEFAULT_ANSWER_TOKENS", "1024")
+DEFAULT_STRATEGY = os.environ.get("AVENGERS_DEFAULT_STRATEGY", "self_consistency")
+DEFAULT_SAMPLES = envint("AVENGERS_DEFAULT_SAMPLES", "10")
+DEFAULT_TEMPERATURE = float(os.environ.get("AVENGERS_DEFAULT_TEMPERATURE", "0.7"))
+# model_switch consults the next model while the vote's agreement is below this.
+MODEL_SWITCH_THRESHOLD = float(os.environ.get("AVENGERS_MODEL_SWITCH_THRESHOLD", "0.5"))
+# Routing requests per minute per API token (a token's own limit overrides it); 0 turns the limit off.
+RATE_LIMIT_PER_MINUTE = envint("AVENGERS_RATE_LIMIT_PER_MINUTE", "600")
+# The decision log keeps each query's text; off: only its SHA-256 and length.
+LOG_QUERY_TEXT = envbool("AVENGERS_LOG_QUERY_TEXT", "true")
+# "background": written after the response, in bulk, by a thread; "inline": in the request's thread.
+DECISION_LOG_MODE = os.environ.get("AVENGERS_DECISION_LOG", "background")
+DECISION_LOG_FLUSH_S = float(os.environ.get("AVENGERS_DECISION_LOG_FLUSH_S", "0.2"))
+if DECISION_LOG_MODE not in ("background", "inline"):
+    raise ImproperlyConfigured("AVENGERS_DECISION_LOG must be background or inline")
+if DEFAULT_STRATEGY not in ("direct", "self_consistency", "model_switch"):
+    raise ImproperlyConfigured("AVENGERS_DEFAULT_STRATEGY must be direct, self_consistency or model_switch")
+
+# Rate limits count in this cache. The default is per process; give several serving processes one count
+# with a shared cache, e.g. AVENGERS_CACHE_URL=redis://127.0.0.1:6379/1.
+_cache_url = envsecret("AVENGERS_CACHE_URL")
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+          if _cache_url else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 # Celery: the default broker is kombu's filesystem transport in DATA_DIR/broker, which needs no
 # service; set CELERY_BROKER_URL=redis://host:6379/0 in production.
 CELERY_BROKER_URL = envsecret("CELERY_BROKER_URL", "filesystem://")

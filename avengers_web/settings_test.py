@@ -18,3 +18,6 @@ STORAGES = {
 
 # One test database per run, so that two runs on the same embedded server never drop each other's.
 DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
+# Unit tests run inside one transaction per test: decisions are written in the request's thread there.
+# The end-to-end tests switch back to the background writer that production uses.
+DECISION_LOG_MODE = os.environ.get("AVENGERS_DECISION_LOG", "inline")

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,9 +124,14 @@ class OpenAIChatClient:
     def __repr__(self) -> str:
         return f"OpenAIChatClient(base_url={self.base_url!r}, max_concurrency={self.max_concurrency})"
 
-    def complete(self, request: ChatRequest) -> Completion:
-        """Return exactly ``request.n`` choices, topping up with more requests when the server returns fewer."""
+    def complete(self, request: ChatRequest, *, timeout_s: float | None = None) -> Completion:
+        """Return exactly ``request.n`` choices, topping up with more requests when the server returns fewer.
+
+        ``timeout_s`` bounds the whole call, retries and top-ups included (the per-request deadline of a
+        routed query); without it each attempt has the client's own timeout.
+        """
         started = time.perf_counter()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         choices: list[Choice] = []
         prompt_tokens: int | None = None
         completion_tokens: int | None = 0
@@ -138,7 +144,7 @@ class OpenAIChatClient:
                 # Servers that ignore n (llama.cpp) would repeat the same sample for the same seed.
                 seed = None if request.seed is None else request.seed + len(choices)
                 part = dataclasses.replace(request, n=remaining, seed=seed)
-            reply, attempts = self._send(part, attempts_before=attempts)
+            reply, attempts = self._send(part, attempts_before=attempts, deadline=deadline)
             choices.extend(reply.choices[:remaining])
             if prompt_tokens is None:
                 prompt_tokens = reply.prompt_tokens
@@ -158,7 +164,8 @@ class OpenAIChatClient:
         """Close the pooled connections."""
         self._http.close()
 
-    def _send(self, request: ChatRequest, *, attempts_before: int) -> tuple[Completion, int]:
+    def _send(self, request: ChatRequest, *, attempts_before: int, deadline: float | None = None
+              ) -> tuple[Completion, int]:
         """POST one request with retries; return the reply and the attempts made so far in this complete() call."""
         payload = request.payload()
         attempts = attempts_before
@@ -167,9 +174,14 @@ class OpenAIChatClient:
                 # Asked after getting a slot, so requests queued behind a dying endpoint fail fast too.
                 if not self.breaker.allow():
                     raise self._circuit_open(attempts)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self.breaker.release()
+                    raise GenerationError("timeout", f"{self.url}: the request's time ran out after {attempts} "
+                                                     "attempt(s)", attempts=attempts, retryable=False)
                 attempts += 1
                 try:
-                    reply = self._post(payload)
+                    reply = self._post(payload, left)
                 except GenerationError as error:
                     failure = error
                 except BaseException:
@@ -191,56 +203,153 @@ class OpenAIChatClient:
                 raise self._give_up(failure, attempts)
             with self._rng_lock:
                 delay = self.retry.delay_s(attempt, retry_after_s=retry_after, rng=self._rng)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise self._give_up(failure, attempts, "the request's time runs out before the next attempt")
             _log.info("%s; retrying in %.2f s (attempt %d of %d)", failure.message, delay, attempt + 1,
                       self.retry.max_attempts)
             self._sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")
 
-    def _post(self, payload: dict[str, Any]) -> Completion:
+    def _post(self, payload: dict[str, Any], timeout_s: float | None = None) -> Completion:
         """Make one HTTP attempt; raise GenerationError (attempts=1) saying what went wrong."""
-        url = self.url
+        timeout = self._timeout(timeout_s)
         try:
-            response = self._http.post(url, json=payload)
-        except httpx.ConnectTimeout:
-            raise GenerationError("timeout", f"could not connect to {url} within {self.connect_timeout_s:g} s; "
-                                             "is the host up and the port open?") from None
-        except httpx.TimeoutException:
-            raise GenerationError("timeout", f"{url} gave no reply within {self.timeout_s:g} s; the server may be "
-                                             "overloaded, or the timeout too short for this model") from None
-        except httpx.ConnectError as exc:
-            raise GenerationError("connect", f"could not connect to {url}: {self._scrub(_reason(exc))}. "
-                                             "Is the server running there?") from None
-        except httpx.RemoteProtocolError as exc:
-            raise GenerationError("connect", f"{url} closed the connection without a proper reply "
-                                             f"({self._scrub(_reason(exc))}); did the server crash or restart?"
-                                  ) from None
-        except httpx.NetworkError as exc:
-            raise GenerationError("connect", f"the connection to {url} broke ({self._scrub(_reason(exc))}); "
-                                             "did the server crash or restart?") from None
+            response = self._http.post(self.url, json=payload, timeout=timeout)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            # A bad URL or scheme: retrying cannot help.
-            raise GenerationError("client_error", f"could not send a request to {url}: {self._scrub(_reason(exc))}. "
-                                                  "Check the endpoint's base URL", retryable=False) from None
-        code = response.status_code
+            raise self._transport_error(exc, timeout) from None
+        failure = self._status_error(response)
+        if failure is not None:
+            raise failure
+        return self._parse(response)
+
+    def _timeout(self, timeout_s: float | None) -> httpx.Timeout:
+        if timeout_s is None or timeout_s >= self.timeout_s:
+            return httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s)
+        return httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
+
+    def _transport_error(self, exc: Exception, timeout: httpx.Timeout) -> GenerationError:
+        """Say what an httpx exception means for this endpoint."""
+        url = self.url
+        if isinstance(exc, httpx.ConnectTimeout):
+            return GenerationError("timeout", f"could not connect to {url} within {timeout.connect:g} s; "
+                                              "is the host up and the port open?")
+        if isinstance(exc, httpx.TimeoutException):
+            return GenerationError("timeout", f"{url} gave no reply within {timeout.read:g} s; the server may be "
+                                              "overloaded, or the timeout too short for this model")
+        if isinstance(exc, httpx.ConnectError):
+            return GenerationError("connect", f"could not connect to {url}: {self._scrub(_reason(exc))}. "
+                                              "Is the server running there?")
+        if isinstance(exc, httpx.RemoteProtocolError):
+            return GenerationError("connect", f"{url} closed the connection without a proper reply "
+                                              f"({self._scrub(_reason(exc))}); did the server crash or restart?")
+        if isinstance(exc, httpx.NetworkError):
+            return GenerationError("connect", f"the connection to {url} broke ({self._scrub(_reason(exc))}); "
+                                              "did the server crash or restart?")
+        # A bad URL or scheme: retrying cannot help.
+        return GenerationError("client_error", f"could not send a request to {url}: {self._scrub(_reason(exc))}. "
+                                               "Check the endpoint's base URL", retryable=False)
+
+    def _status_error(self, response: httpx.Response) -> GenerationError | None:
+        """Return the error an HTTP status stands for, or None for a 2xx."""
+        url, code = self.url, response.status_code
         if code == 429:
-            raise _RateLimited(f"{url} is rate limiting (HTTP 429): {self._error_text(response)}",
-                               retry_after_s=parse_retry_after(response.headers.get("Retry-After")))
+            return _RateLimited(f"{url} is rate limiting (HTTP 429): {self._error_text(response)}",
+                                retry_after_s=parse_retry_after(response.headers.get("Retry-After")))
         if code >= 500:
-            raise GenerationError("server_error", f"{url} answered HTTP {code}: {self._error_text(response)}",
-                                  status_code=code)
+            return GenerationError("server_error", f"{url} answered HTTP {code}: {self._error_text(response)}",
+                                   status_code=code)
         if code in (401, 403):
-            raise GenerationError("client_error", f"{url} refused the API key (HTTP {code}): "
-                                                  f"{self._error_text(response)}. Check the endpoint's API key",
-                                  status_code=code)
+            return GenerationError("client_error", f"{url} refused the API key (HTTP {code}): "
+                                                   f"{self._error_text(response)}. Check the endpoint's API key",
+                                   status_code=code)
         if code == 404:
             hint = ("; check the model name and that the base URL ends in /v1" if not self.base_url.endswith("/v1")
                     else "; check the model name")
-            raise GenerationError("client_error", f"{url} answered HTTP 404: {self._error_text(response)}{hint}",
-                                  status_code=code)
+            return GenerationError("client_error", f"{url} answered HTTP 404: {self._error_text(response)}{hint}",
+                                   status_code=code)
         if not 200 <= code < 300:
-            raise GenerationError("client_error", f"{url} rejected the request with HTTP {code}: "
-                                                  f"{self._error_text(response)}", status_code=code)
-        return self._parse(response)
+            return GenerationError("client_error", f"{url} rejected the request with HTTP {code}: "
+                                                   f"{self._error_text(response)}", status_code=code)
+        return None
+
+    def stream(self, request: ChatRequest, *, timeout_s: float | None = None) -> Iterator[str]:
+        """Yield the text of one streamed chat completion (``stream: true``) piece by piece, as it arrives.
+
+        One attempt, no retries: a caller that wants another server when this one fails before its first
+        piece catches the GenerationError raised by the first ``next()``. The request holds one of the
+        endpoint's slots until the stream ends or is closed; the circuit breaker counts a failure only
+        before the first piece.
+        """
+        if request.n != 1:
+            raise ValueError("a streamed request has n=1")
+        payload = {**request.payload(), "stream": True}
+        timeout = self._timeout(timeout_s)
+        with self._slots:
+            if not self.breaker.allow():
+                raise self._circuit_open(0)
+            started = False
+            try:
+                with self._http.stream("POST", self.url, json=payload, timeout=timeout) as response:
+                    if response.status_code >= 300:
+                        response.read()
+                        failure = self._status_error(response)
+                        assert failure is not None
+                        raise failure
+                    for line in response.iter_lines():
+                        piece = self._stream_piece(line)
+                        if piece is None:
+                            break
+                        if not piece:
+                            continue
+                        if not started:
+                            started = True
+                            self.breaker.record_success()
+                        yield piece
+            except GenerationError as failure:
+                if not started:
+                    self._record(failure)
+                raise GenerationError(failure.kind, self._scrub(failure.message), status_code=failure.status_code,
+                                      retryable=failure.retryable) from None
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                failure = self._transport_error(exc, timeout)
+                if not started:
+                    self._record(failure)
+                raise failure from None
+            except BaseException:
+                if not started:
+                    self.breaker.release()
+                raise
+            if not started:
+                self.breaker.record_success()
+
+    def _record(self, failure: GenerationError) -> None:
+        if failure.kind in BREAKER_KINDS:
+            self._last_failure = failure.message
+            self.breaker.record_failure()
+        else:
+            self.breaker.release()
+
+    def _stream_piece(self, line: str) -> str | None:
+        """Return the content delta of one server-sent event line ("" for none), or None at [DONE]."""
+        line = line.strip()
+        if not line.startswith("data:"):
+            return ""
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return None
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise GenerationError("malformed", f"{self.url} streamed an event that is not JSON: {data[:200]}"
+                                  ) from None
+        if isinstance(event, dict) and event.get("error"):
+            raise GenerationError("server_error", f"{self.url} streamed an error: {str(event['error'])[:300]}")
+        try:
+            delta = event["choices"][0].get("delta") or {}
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return ""
+        content = delta.get("content") if isinstance(delta, dict) else None
+        return content if isinstance(content, str) else ""
 
     def _parse(self, response: httpx.Response) -> Completion:
         url = self.url

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from django.urls import path
 
-from routing import api
+from routing import api, api_serving
 
 urlpatterns = [
+    path("route", api_serving.RouteApi.as_view(), name="api-route"),
+    path("answer", api_serving.AnswerApi.as_view(), name="api-answer"),
     path("snapshots", api.SnapshotListCreateApi.as_view(), name="api-snapshots"),
     path("snapshots/<int:pk>", api.SnapshotDetailApi.as_view(), name="api-snapshot-detail"),
     path("snapshots/<int:pk>/activate", api.SnapshotActivateApi.as_view(), name="api-snapshot-activate"),

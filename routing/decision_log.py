@@ -1,0 +1,136 @@
+"""Write routing decisions after the response, in bulk, without ever failing or slowing the request.
+
+``submit`` puts a finished ``RoutingDecision`` (unsaved) on a bounded in-memory queue and returns at once. A
+daemon thread per process takes what has accumulated (up to ``BATCH`` rows, or whatever arrived within
+``AVENGERS_DECISION_LOG_FLUSH_S``) and writes it with one ``bulk_create``. When the database refuses a batch,
+rows are retried one by one so that one bad row loses only itself; errors are logged and counted, never raised.
+A full queue drops the new row (counted in ``stats()``), since the log must not hold up serving.
+
+``AVENGERS_DECISION_LOG=inline`` writes each row in the calling thread instead (still never raising): for
+tests inside one database transaction, and for a one-off command.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+
+from routing.models import RoutingDecision
+
+_log = logging.getLogger(__name__)
+BATCH = 500
+
+_queue: queue.Queue[RoutingDecision] = queue.Queue(maxsize=10_000)
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+_stats = {"submitted": 0, "written": 0, "dropped": 0, "failed": 0}
+_pending = threading.Condition()
+
+
+def submit(row: RoutingDecision) -> None:
+    """Queue ``row`` to be written; never raises."""
+    try:
+        _stats["submitted"] += 1
+        if settings.DECISION_LOG_MODE == "inline":
+            _write([row])
+            return
+        _ensure_thread()
+        _queue.put_nowait(row)
+    except queue.Full:
+        _stats["dropped"] += 1
+        _log.warning("decision log queue full; dropped decision %s", row.request_id)
+    except Exception:  # noqa: BLE001 - the log must never fail a request
+        _stats["failed"] += 1
+        _log.exception("could not queue decision %s", getattr(row, "request_id", "?"))
+
+
+def stats() -> dict[str, int]:
+    return {**_stats, "queued": _queue.qsize()}
+
+
+def flush(timeout_s: float = 10.0) -> bool:
+    """Wait until everything submitted so far is written (or failed); return False on timeout."""
+    with _pending:
+        return _pending.wait_for(lambda: _queue.unfinished_tasks == 0, timeout=timeout_s)
+
+
+def _ensure_thread() -> None:
+    global _thread
+    if _thread is not None and _thread.is_alive():
+        return
+    with _lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="decision-log", daemon=True)
+            _thread.start()
+
+
+def _run() -> None:
+    while True:
+        rows = [_queue.get()]
+        try:
+            try:
+                while len(rows) < BATCH:
+                    rows.append(_queue.get(timeout=settings.DECISION_LOG_FLUSH_S if len(rows) == 1 else 0.01))
+            except queue.Empty:
+                pass
+            _write(rows)
+        finally:
+            for _ in rows:
+                _queue.task_done()
+            with _pending:
+                _pending.notify_all()
+
+
+def _write(rows: list[RoutingDecision]) -> None:
+    inline = connection.in_atomic_block  # inside a caller's transaction: savepoints keep it usable
+    if not inline:
+        close_old_connections()
+    try:
+        with transaction.atomic():
+            RoutingDecision.objects.bulk_create(rows, batch_size=BATCH)
+        _stats["written"] += len(rows)
+        return
+    except Exception:  # noqa: BLE001
+        _log.exception("writing %d decisions in bulk failed; trying one by one", len(rows))
+        _reset_connection(inline)
+    for row in rows:
+        try:
+            row.pk = None
+            with transaction.atomic():
+                RoutingDecision.objects.bulk_create([row])
+            _stats["written"] += 1
+        except Exception as exc:  # noqa: BLE001
+            _stats["failed"] += 1
+            _log.error("could not write decision %s: %s", row.request_id, exc)
+            _reset_connection(inline)
+
+
+def _reset_connection(inline: bool) -> None:
+    """After a failure outside any caller's transaction, drop the connection in case it broke."""
+    if inline:
+        return
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    # A worker that stops gracefully writes what it still holds (best effort, bounded).
+    if _thread is not None and _thread.is_alive():
+        flush(timeout_s=5.0)
+
+
+def _clear_for_tests() -> Any:
+    while True:
+        try:
+            _queue.get_nowait()
+            _queue.task_done()
+        except queue.Empty:
+            return None
