@@ -105,7 +105,9 @@ _decision = inline_serializer("RouteDecision", {
     "timings_ms": serializers.DictField(child=serializers.FloatField()),
 })
 _answer = inline_serializer("Answer", {
-    "id": serializers.CharField(), "answer": serializers.CharField(), "response": serializers.CharField(),
+    "id": serializers.CharField(), "answer": serializers.CharField(help_text="The winning answer as extracted."),
+    "answer_key": serializers.CharField(allow_null=True, help_text="Its normalised form, as in votes."),
+    "response": serializers.CharField(help_text="The full text of the first sample that voted for it."),
     "model": serializers.CharField(), "strategy": serializers.CharField(),
     "votes": inline_serializer("Votes", {"answer": serializers.CharField(), "votes": serializers.IntegerField()},
                                many=True),

@@ -154,13 +154,17 @@ def _load_table(snapshot_id: int) -> RoutingTable:
     return table
 
 
-def forget_tables() -> None:
-    """Drop what this process has loaded (tests; a snapshot is immutable once built, so nothing else needs it)."""
-    global _active
+def forget() -> None:
+    """Drop what this process has cached: tables, the active snapshot's id, the models (tests use it).
+
+    Nothing else needs it: a snapshot is immutable once built, and the rest is re-read within seconds.
+    """
+    global _active, _models_cache
     with _tables_lock:
         _tables.clear()
         _snapshot_meta.clear()
     _active = (0.0, None)
+    _models_cache = (0.0, {})
 
 
 # ------------------------------------------------------------------------------------------- embedding
@@ -510,7 +514,8 @@ def answer(request: Request) -> dict[str, Any]:
     winner = outcome.winner
     assert winner is not None and outcome.vote is not None
     trace.chosen = winner.model
-    final = outcome.vote.answer if outcome.vote.answer is not None else (winner.answer or "")
+    # The winning sample's answer as the model wrote it ("Mars"); the tally shows the normalised keys ("mars").
+    final = winner.answer if winner.answer is not None else (outcome.vote.answer or "")
     decision_log.submit(trace.row(outcome=outcome, task_type=task_type, final_answer=final))
     timings = dict(trace.timings or {})
     timings.update(generate=round(outcome.generate_ms, 3), vote=round(outcome.vote_ms, 3),
@@ -518,6 +523,7 @@ def answer(request: Request) -> dict[str, Any]:
     return {
         "id": trace.request_id,
         "answer": final,
+        "answer_key": outcome.vote.answer,
         "response": winner.text,
         "model": winner.model,
         "strategy": request.strategy,

@@ -317,7 +317,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if behaviour.kind == "missing_choices":
             self._json(200, {"id": "chatcmpl-empty", "object": "chat.completion", "model": fault.model})
             return
+        if body.get("stream") is True:
+            self._stream(fault._completion(body))
+            return
         self._json(200, fault._completion(body))
+
+    def _stream(self, completion: dict[str, Any]) -> None:
+        """Send the first choice as server-sent chat.completion.chunk events, a word at a time."""
+        text = completion["choices"][0]["message"]["content"]
+        pieces = [w + " " for w in text.split(" ")]
+        pieces[-1] = pieces[-1][:-1]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        base = {"id": completion["id"], "object": "chat.completion.chunk", "created": completion["created"],
+                "model": completion["model"]}
+        events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}]
+        events += [{**base, "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
+        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        for event in events:
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
 
     def _json(self, code: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         self._send(code, json.dumps(payload).encode(), headers)
