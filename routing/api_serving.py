@@ -68,8 +68,9 @@ class AnswerInput(RouteInput):
                                         help_text="How answers are extracted and compared; default: the task type "
                                                   "of most train queries in the chosen cluster.")
     max_tokens = serializers.IntegerField(required=False, min_value=1)
-    timeout_s = serializers.FloatField(required=False, min_value=0.001,
-                                       help_text="The request's deadline in seconds (at most the server's).")
+    timeout_s = serializers.FloatField(required=False, min_value=1.0,
+                                       help_text="The request's deadline in seconds, from 1 to the server's "
+                                                 "AVENGERS_ROUTE_DEADLINE_S.")
 
     def validate_samples(self, value: int) -> int:
         if value > settings.MAX_SAMPLES:
@@ -217,7 +218,7 @@ class ChatInput(serializers.Serializer):
     samples = serializers.IntegerField(required=False, min_value=1)
     task_type = serializers.ChoiceField(choices=TASK_TYPES, required=False)
     category = serializers.CharField(required=False, allow_blank=True, max_length=100)
-    timeout_s = serializers.FloatField(required=False, min_value=0.001)
+    timeout_s = serializers.FloatField(required=False, min_value=1.0)
     user = serializers.CharField(required=False, allow_blank=True, max_length=256)
 
     validate_samples = AnswerInput.validate_samples

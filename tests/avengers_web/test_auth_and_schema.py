@@ -47,6 +47,10 @@ COVERAGE = {
     ("/api/v1/snapshots/{id}/heldout", "get"): "test_snapshots_are_built_read_activated_and_derived_through_the_api",
     ("/api/v1/embedding-jobs", "post"): "test_an_embedding_job_embeds_only_what_is_missing_and_reports_progress",
     ("/api/v1/embedding-jobs/{id}", "get"): "test_an_embedding_job_embeds_only_what_is_missing_and_reports_progress",
+    ("/api/v1/route", "post"): "test_route_returns_the_nearest_cluster_its_ranking_and_logs_the_decision",
+    ("/api/v1/answer", "post"): "test_answer_samples_the_best_model_votes_and_logs_everything",
+    ("/v1/chat/completions", "post"): "test_chat_completions_answers_as_openai_does_with_the_decision_attached",
+    ("/v1/models", "get"): "test_v1_models_lists_avengers_and_each_built_snapshot",
 }
 
 
