@@ -193,6 +193,8 @@ ROUTING_REFRESH_S = float(os.environ.get("AVENGERS_ROUTING_REFRESH_S", "2"))
 ROUTING_RUNNER_UPS = envint("AVENGERS_ROUTING_RUNNER_UPS", "3")
 # A routed request gives up (503) when no model has answered within this many seconds.
 ROUTE_DEADLINE_S = float(os.environ.get("AVENGERS_ROUTE_DEADLINE_S", "60"))
+# One model may use at most this much of it, so that a hung server leaves time for the next model.
+ROUTE_MODEL_TIMEOUT_S = float(os.environ.get("AVENGERS_ROUTE_MODEL_TIMEOUT_S", "30"))
 MAX_QUERY_CHARS = envint("AVENGERS_MAX_QUERY_CHARS", "16000")
 MAX_SAMPLES = envint("AVENGERS_MAX_SAMPLES", "20")
 MAX_ANSWER_TOKENS = envint("AVENGERS_MAX_ANSWER_TOKENS", "8192")

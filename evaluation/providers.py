@@ -231,10 +231,10 @@ class OpenAIChatClient:
         """Say what an httpx exception means for this endpoint."""
         url = self.url
         if isinstance(exc, httpx.ConnectTimeout):
-            return GenerationError("timeout", f"could not connect to {url} within {timeout.connect:g} s; "
+            return GenerationError("timeout", f"could not connect to {url} within {timeout.connect:.3g} s; "
                                               "is the host up and the port open?")
         if isinstance(exc, httpx.TimeoutException):
-            return GenerationError("timeout", f"{url} gave no reply within {timeout.read:g} s; the server may be "
+            return GenerationError("timeout", f"{url} gave no reply within {timeout.read:.3g} s; the server may be "
                                               "overloaded, or the timeout too short for this model")
         if isinstance(exc, httpx.ConnectError):
             return GenerationError("connect", f"could not connect to {url}: {self._scrub(_reason(exc))}. "

@@ -79,6 +79,9 @@ def _run() -> None:
             except queue.Empty:
                 pass
             _write(rows)
+            if _queue.empty() and not settings.DATABASES["default"].get("CONN_MAX_AGE"):
+                # Idle: give the connection back, as a request would (CONN_MAX_AGE=0), so none lingers.
+                _reset_connection(False)
         finally:
             for _ in rows:
                 _queue.task_done()

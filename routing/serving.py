@@ -231,18 +231,19 @@ def _models(names: Sequence[str]) -> dict[str, LanguageModel]:
     return cached
 
 
-_clients: dict[tuple[str, str, int], providers.OpenAIChatClient] = {}
+_clients: dict[tuple[str, str, int, float], providers.OpenAIChatClient] = {}
 _clients_lock = threading.Lock()
 
 
 def serving_client(model: LanguageModel) -> providers.OpenAIChatClient:
     """Return this process's serving client of the model's endpoint.
 
-    One attempt per call (a failure moves on to the next model instead of backing off), the endpoint's
+    One attempt per call (a failure moves on to the next model instead of backing off), at most
+    AVENGERS_ROUTE_MODEL_TIMEOUT_S per model (so that a hung server leaves time for the next), the endpoint's
     ``max_concurrency``, and the circuit breaker of the evaluation client of the same endpoint, so that both
     agree on which servers are down.
     """
-    key = (model.base_url.rstrip("/"), model.api_key, model.max_concurrency)
+    key = (model.base_url.rstrip("/"), model.api_key, model.max_concurrency, settings.ROUTE_MODEL_TIMEOUT_S)
     client = _clients.get(key)
     if client is None:
         with _clients_lock:
@@ -254,7 +255,7 @@ def serving_client(model: LanguageModel) -> providers.OpenAIChatClient:
                 shared.breaker.reset_after_s = settings.CIRCUIT_RESET_S
                 client = providers.OpenAIChatClient(
                     base_url=model.base_url, api_key=model.api_key, max_concurrency=model.max_concurrency,
-                    timeout_s=settings.GENERATION_TIMEOUT_S, retry=RetryPolicy(max_attempts=1),
+                    timeout_s=settings.ROUTE_MODEL_TIMEOUT_S, retry=RetryPolicy(max_attempts=1),
                     breaker=shared.breaker)
                 _clients[key] = client
     return client

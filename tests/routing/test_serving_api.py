@@ -17,7 +17,7 @@ from avengers_web.models import ApiToken
 from evaluation.models import LanguageModel
 from routing import decision_log, serving
 from routing.models import RoutingDecision, SnapshotCluster
-from tests.support.fault_server import fault_server, status
+from tests.support.fault_server import fault_server, hang, status
 from tests.support.snapshots import build_snapshot
 
 pytestmark = pytest.mark.django_db
@@ -115,6 +115,29 @@ def test_a_failing_model_hands_over_to_the_next_in_the_cluster_ranking(api, snap
     assert broken.requests == 1  # one attempt, then the next model: no backoff while the caller waits
     row = RoutingDecision.objects.get(request_id=body["id"])
     assert row.fallback and row.failures[0]["model"] == team_order[0] and row.models_used == [team_order[1]]
+
+
+@override_settings(ROUTE_MODEL_TIMEOUT_S=1.0)
+def test_a_hung_server_times_out_and_the_next_model_answers_within_the_deadline(api, snapshot) -> None:
+    query = "Name a prime number."
+    _, ranked = nearest_cluster(snapshot, query)
+    team_order = [m for m, _ in ranked if m in snapshot.team]
+    with fault_server(default=hang(30)) as hung, fault_server(content="Answer: 7") as fine:
+        point_at(team_order[0], hung)
+        point_at(team_order[1], fine)
+        body = api.post("/api/v1/answer", {"query": query, "strategy": "direct", "timeout_s": 10},
+                        format="json").json()
+    assert body["model"] == team_order[1] and body["fallback"] and body["failures"][0]["kind"] == "timeout"
+    assert 1000 <= body["timings_ms"]["generate"] < 10_000
+
+
+def test_a_request_whose_deadline_passes_is_a_503_that_says_so(api, snapshot) -> None:
+    with fault_server(default=hang(30)) as hung:
+        for name in MEANS:
+            point_at(name, hung)
+        response = api.post("/api/v1/answer", {"query": "Hi", "strategy": "direct", "timeout_s": 1}, format="json")
+    message = response.json()["error"]["message"]
+    assert response.status_code == 503 and "no reply within" in message and "deadline passed" in message
 
 
 def test_no_model_that_can_answer_is_a_503_that_says_why_and_is_logged(api, snapshot) -> None:
