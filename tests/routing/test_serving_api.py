@@ -117,6 +117,22 @@ def test_a_failing_model_hands_over_to_the_next_in_the_cluster_ranking(api, snap
     assert row.fallback and row.failures[0]["model"] == team_order[0] and row.models_used == [team_order[1]]
 
 
+def test_a_server_whose_circuit_opened_is_skipped_without_being_called(api, snapshot) -> None:
+    query = "Capital of France?"
+    _, ranked = nearest_cluster(snapshot, query)
+    team_order = [m for m, _ in ranked if m in snapshot.team]
+    with fault_server(default=status(502)) as broken, fault_server(content="Answer: Paris") as fine:
+        point_at(team_order[0], broken)
+        point_at(team_order[1], fine)
+        bodies = [api.post("/api/v1/answer", {"query": query, "strategy": "direct"}, format="json").json()
+                  for _ in range(7)]
+    assert all(b["model"] == team_order[1] and b["fallback"] for b in bodies)
+    assert broken.requests == 5  # the breaker opens after 5 failures in a row; then the server is left alone
+    skipped = bodies[-1]["decision"]["candidates"][0]
+    assert skipped["model"] == team_order[0] and skipped["skipped"].startswith("circuit open")
+    assert RoutingDecision.objects.filter(fallback=True).count() == 7
+
+
 @override_settings(ROUTE_MODEL_TIMEOUT_S=1.0)
 def test_a_hung_server_times_out_and_the_next_model_answers_within_the_deadline(api, snapshot) -> None:
     query = "Name a prime number."
