@@ -20,9 +20,15 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 venv: $(VENV)/.installed
 venv-test: $(VENV)/.installed-test
 
-## demo: embedded PostgreSQL + a Celery worker + the dashboard/API on http://127.0.0.1:8000/ with real records.
+## demo: embedded PostgreSQL + a local LLM (SmolLM2 on llama.cpp) + a Celery worker + the dashboard/API on
+## http://127.0.0.1:8000/ with real records. DEMO_ARGS passes options (e.g. DEMO_ARGS=--no-llm).
 demo: venv
-	$(PY) manage.py demo
+	@llm=; if [ -z "$(findstring --no-llm,$(DEMO_ARGS))" ]; then \
+		echo "== make demo: installing the local LLM (llama.cpp server + SmolLM2-135M; built once per machine) =="; \
+		bash scripts/install_test_llm.sh $(VENV) || { llm=--no-llm; \
+		echo "== make demo: the local LLM could not be installed (see above); the demo runs without it =="; }; fi; \
+	echo "== make demo: starting the platform =="; \
+	exec $(PY) manage.py demo $$llm $(DEMO_ARGS)
 
 test-deps: venv-test
 	bash scripts/ensure_system_deps.sh

@@ -137,6 +137,7 @@ else:
             "PASSWORD": "",
             "HOST": _host,
             "PORT": "",
+            "CONN_MAX_AGE": envint("DB_CONN_MAX_AGE", "0"),
         }
     }
 

@@ -13,6 +13,7 @@ from avengers_web.api import api_not_found
 from evaluation import views as evaluation_views
 from evaluation import views_runs
 from routing import views as routing_views
+from routing import views_serving
 
 urlpatterns = [
     path("", views.overview, name="overview"),
@@ -47,10 +48,14 @@ urlpatterns = [
     path("snapshots/<int:pk>/clusters/<int:index>/", routing_views.cluster_detail, name="cluster-detail"),
     path("snapshots/<int:pk>/heatmap/", routing_views.snapshot_heatmap, name="snapshot-heatmap"),
     path("snapshots/<int:pk>/map/", routing_views.snapshot_map, name="snapshot-map"),
+    path("playground/", views_serving.playground, name="playground"),
+    path("traffic/", views_serving.traffic, name="traffic"),
     path("api/v1/", include("evaluation.urls")),
     path("api/v1/", include("routing.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/<path:rest>", api_not_found),
+    path("v1/", include("routing.urls_openai")),
+    path("v1/<path:rest>", api_not_found),
     path("admin/", admin.site.urls),
 ]

