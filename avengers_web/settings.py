@@ -192,6 +192,9 @@ if EVAL_STALE_AFTER_S <= EVAL_HEARTBEAT_S:
 # How often a serving process re-reads which snapshot is active and the models' endpoints.
 ROUTING_REFRESH_S = float(os.environ.get("AVENGERS_ROUTING_REFRESH_S", "2"))
 ROUTING_RUNNER_UPS = envint("AVENGERS_ROUTING_RUNNER_UPS", "3")
+# Concurrent queries of one process embedded in one call to a remote embedder, and the longest a query waits.
+EMBED_MAX_BATCH = envint("AVENGERS_EMBED_MAX_BATCH", "32")
+EMBED_MAX_WAIT_MS = float(os.environ.get("AVENGERS_EMBED_MAX_WAIT_MS", "2"))
 # A routed request gives up (503) when no model has answered within this many seconds.
 ROUTE_DEADLINE_S = float(os.environ.get("AVENGERS_ROUTE_DEADLINE_S", "60"))
 # One model may use at most this much of it, so that a hung server leaves time for the next model.

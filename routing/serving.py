@@ -36,6 +36,7 @@ from evaluation.core.grading import TASK_TYPES, extract_answer, normaliser
 from evaluation.core.prompts import render, resolve_template
 from evaluation.models import LanguageModel
 from routing import decision_log
+from routing.core.batching import MicroBatcher
 from routing.core.embedding import Embedder, get_embedder
 from routing.core.serving import (
     STRATEGIES,
@@ -171,10 +172,17 @@ def forget() -> None:
 
 
 class _Embedding:
-    """One embedder per name for this process, with a small in-memory cache of recent queries."""
+    """One embedder per name for this process, behind a micro-batcher, with an in-memory cache of recent queries.
+
+    Concurrent requests of one process (threaded workers) are embedded together: up to
+    AVENGERS_EMBED_MAX_BATCH texts per call for a remote embedder (``openai:...``), where a batch saves round
+    trips, and one at a time for the local ONNX models, where padding a batch to its longest text costs more
+    CPU than it saves (docs/BENCHMARKS.md); the batcher then only makes the threads take turns.
+    """
 
     def __init__(self, capacity: int = 4096) -> None:
         self._embedders: dict[str, Embedder] = {}
+        self._batchers: dict[str, MicroBatcher] = {}
         self._lock = threading.Lock()
         self._recent: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._capacity = capacity
@@ -189,6 +197,20 @@ class _Embedding:
                     self._embedders[name] = embedder
         return embedder
 
+    def batcher(self, name: str) -> MicroBatcher:
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            embedder = self.embedder(name)  # outside the lock: embedder() takes it too
+            with self._lock:
+                batcher = self._batchers.get(name)
+                if batcher is None:
+                    remote = name == "openai" or name.startswith("openai:")
+                    batcher = MicroBatcher(lambda texts: embedder.embed(texts),
+                                           max_batch=settings.EMBED_MAX_BATCH if remote else 1,
+                                           max_wait_ms=settings.EMBED_MAX_WAIT_MS)
+                    self._batchers[name] = batcher
+        return batcher
+
     def embed(self, name: str, text: str) -> np.ndarray:
         key = (name, text)
         with self._lock:
@@ -196,7 +218,7 @@ class _Embedding:
             if vector is not None:
                 self._recent.move_to_end(key)
                 return vector
-        vector = self.embedder(name).embed([text])[0]
+        vector = self.batcher(name).embed_one(text)
         with self._lock:
             self._recent[key] = vector
             while len(self._recent) > self._capacity:

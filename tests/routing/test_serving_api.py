@@ -303,3 +303,33 @@ def test_the_routing_table_matches_pgvectors_nearest_centroid_on_many_queries(sn
         nearest = (SnapshotCluster.objects.filter(snapshot=snapshot)
                    .order_by(CosineDistance("centroid", vector.tolist())).values_list("index", flat=True).first())
         assert route.cluster == nearest
+
+
+def test_concurrent_queries_to_a_remote_embedder_are_embedded_in_batches(monkeypatch) -> None:
+    import threading
+
+    calls: list[int] = []
+    release = threading.Event()
+
+    class Remote:
+        name, dimensions = "openai:fake", 4
+
+        def embed(self, texts, progress=None):  # type: ignore[no-untyped-def]
+            calls.append(len(texts))
+            release.wait(5)
+            return np.tile(np.array([1, 0, 0, 0], dtype=np.float32), (len(texts), 1))
+
+    monkeypatch.setattr(serving, "get_embedder", lambda name: Remote())
+    embedding = serving._Embedding()
+    threads = [threading.Thread(target=embedding.embed, args=("openai:fake", f"query {i}")) for i in range(8)]
+    for t in threads:
+        t.start()
+    for _ in range(100):
+        if calls:
+            break
+        threading.Event().wait(0.02)
+    threading.Event().wait(0.2)  # the others queue behind the first call
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert sum(calls) == 8 and len(calls) < 8 and max(calls) > 1
