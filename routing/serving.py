@@ -37,6 +37,7 @@ from evaluation.core.prompts import render, resolve_template
 from evaluation.models import LanguageModel
 from routing import decision_log
 from routing.core.batching import MicroBatcher
+from routing.core.voting import answer_key
 from routing.core.embedding import Embedder, get_embedder
 from routing.core.serving import (
     STRATEGIES,
@@ -463,17 +464,22 @@ def _fail(trace: _Trace, error: ServingError, outcome: Outcome | None = None) ->
     return error
 
 
-# ------------------------------------------------------------------------------------------- entry points
-
-
-def route(request: Request) -> dict[str, Any]:
-    """Return the routing decision for ``request.query``: cluster, runner-ups, candidates, the chosen model."""
+def _start(request: Request) -> tuple[_Trace, Route, dict[str, LanguageModel]]:
+    """Validate, embed and route (a failure is logged and raised); return the trace, the route, its models."""
     trace = _begin(request)
     try:
         route_ = _route(trace)
     except ServingError as error:
         raise _fail(trace, error) from None
-    models = _models([c.model for c in route_.candidates])
+    return trace, route_, _models([c.model for c in route_.candidates])
+
+
+# ------------------------------------------------------------------------------------------- entry points
+
+
+def route(request: Request) -> dict[str, Any]:
+    """Return the routing decision for ``request.query``: cluster, runner-ups, candidates, the chosen model."""
+    trace, route_, models = _start(request)
     availability = _availability(models)
     outcome = Outcome(strategy="")
     for candidate in route_.candidates:
@@ -511,13 +517,8 @@ def _deadline(request: Request) -> float:
 
 def answer(request: Request) -> dict[str, Any]:
     """Route, sample, vote; return the body of POST /api/v1/answer. Raise ServingError (logged) on failure."""
-    trace = _begin(request)
-    try:
-        route_ = _route(trace)
-    except ServingError as error:
-        raise _fail(trace, error) from None
+    trace, route_, models = _start(request)
     task_type = _task_type(request, route_)
-    models = _models([c.model for c in route_.candidates])
 
     def call(name: str, n: int, timeout_s: float) -> Completion:
         model = models[name]
@@ -579,13 +580,8 @@ class Stream:
 
 def stream_direct(request: Request) -> Stream:
     """Route and start streaming the first model that answers; the decision is logged when the stream ends."""
-    trace = _begin(request)
-    try:
-        route_ = _route(trace)
-    except ServingError as error:
-        raise _fail(trace, error) from None
+    trace, route_, models = _start(request)
     task_type = _task_type(request, route_)
-    models = _models([c.model for c in route_.candidates])
 
     def open_stream(name: str, timeout_s: float) -> Iterator[str]:
         model = models[name]
@@ -617,13 +613,8 @@ def stream_direct(request: Request) -> Stream:
         finally:
             full = "".join(text)
             extracted = extract_answer(full).answer
-            key = None
-            if extracted:
-                try:
-                    key = normaliser(task_type)(extracted)
-                except Exception:  # noqa: BLE001
-                    key = None
-            outcome.samples.append(SampleRecord(model, 0, full, extracted, key, "error" if error else "stop"))
+            outcome.samples.append(SampleRecord(model, 0, full, extracted, answer_key(extracted, normaliser(task_type)),
+                                                "error" if error else "stop"))
             outcome.generate_ms = (time.perf_counter() - mark) * 1000
             decision_log.submit(trace.row(outcome=outcome, task_type=task_type, final_answer=extracted or "",
                                           error=error, status=502 if error else 200,

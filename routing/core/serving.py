@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from evaluation.core.generation import CircuitOpenError, Completion, GenerationError
 from routing.core.clustering import normalise
 from routing.core.profiles import TIE_TOLERANCE
-from routing.core.voting import Normaliser, Sample, Vote, majority_vote, model_switch
+from routing.core.voting import Normaliser, Sample, Vote, answer_key, majority_vote, model_switch
 
 STRATEGIES = ("direct", "self_consistency", "model_switch")
 
@@ -207,14 +207,49 @@ Call = Callable[[str, int, float], Completion]
 Extract = Callable[[str], str | None]
 
 
-def _key(answer: str | None, normalise: Normaliser) -> str | None:
-    if answer is None or not answer.strip():
-        return None
-    try:
-        key = normalise(answer)
-    except Exception:  # noqa: BLE001 - an unreadable answer is an invalid vote, as in voting.py
-        return None
-    return key if isinstance(key, str) and key else None
+_T = TypeVar("_T")
+
+
+def _in_order(
+    candidates: Sequence[str],
+    outcome: Outcome,
+    *,
+    attempt: Callable[[str, float], _T],
+    availability: Availability,
+    deadline: float,
+    clock: Callable[[], float],
+) -> Iterator[tuple[str, _T]]:
+    """Yield (model, what ``attempt`` returned) for each candidate, in order, that could be asked and answered.
+
+    Skips (``availability`` says why not, or the circuit opened) and failures (GenerationError) go into
+    ``outcome``; one that comes before any model has answered is a fallback, unless it is a static skip such as
+    a missing endpoint. No attempt starts after ``deadline``; each gets the time left. The caller stops
+    iterating when it has what it needs.
+    """
+    for model in candidates:
+        answered = bool(outcome.models_used)
+        why_not = availability(model)
+        if why_not is not None:
+            outcome.skipped.append(Skip(model, why_not))
+            outcome.fallback = outcome.fallback or (not answered and why_not.startswith("circuit open"))
+            continue
+        left = deadline - clock()
+        if left <= 0:
+            outcome.failures.append(Failure(model, "deadline", "the request's deadline passed before this model "
+                                                               "could be asked"))
+            return
+        try:
+            result = attempt(model, left)
+        except CircuitOpenError as error:
+            outcome.skipped.append(Skip(model, f"circuit open: {error.message}"))
+            outcome.fallback = outcome.fallback or not answered
+            continue
+        except GenerationError as error:
+            outcome.failures.append(Failure(model, error.kind, error.message))
+            outcome.fallback = outcome.fallback or not answered
+            continue
+        outcome.models_used.append(model)
+        yield model, result
 
 
 def answer(
@@ -247,36 +282,15 @@ def answer(
     outcome = Outcome(strategy=strategy)
     groups: list[list[Sample]] = []
     started = clock()
-    for model in candidates:
-        why_not = availability(model)
-        if why_not is not None:
-            outcome.skipped.append(Skip(model, why_not))
-            if not groups and why_not.startswith("circuit open"):
-                outcome.fallback = True
-            continue
-        left = deadline - clock()
-        if left <= 0:
-            outcome.failures.append(Failure(model, "deadline", "the request's deadline passed before this model "
-                                                               "could be asked"))
-            break
-        try:
-            completion = call(model, n, left)
-        except CircuitOpenError as error:
-            outcome.skipped.append(Skip(model, f"circuit open: {error.message}"))
-            outcome.fallback = outcome.fallback or not groups
-            continue
-        except GenerationError as error:
-            outcome.failures.append(Failure(model, error.kind, error.message))
-            outcome.fallback = outcome.fallback or not groups
-            continue
+    for model, completion in _in_order(candidates, outcome, attempt=lambda model, left: call(model, n, left),
+                                       availability=availability, deadline=deadline, clock=clock):
         group = []
         for index, choice in enumerate(completion.choices):
             extracted = extract(choice.text)
             outcome.samples.append(SampleRecord(model, index, choice.text, extracted,
-                                                _key(extracted, normalise), choice.finish_reason))
+                                                answer_key(extracted, normalise), choice.finish_reason))
             group.append(Sample(model=model, answer=extracted, index=index))
         groups.append(group)
-        outcome.models_used.append(model)
         if completion.prompt_tokens is not None:
             outcome.prompt_tokens = (outcome.prompt_tokens or 0) + completion.prompt_tokens
         if completion.completion_tokens is not None:
@@ -311,30 +325,12 @@ def first_stream(
     before its first byte is a fallback; once a byte has been sent the stream belongs to that model.
     """
     outcome = Outcome(strategy="direct")
-    for model in candidates:
-        why_not = availability(model)
-        if why_not is not None:
-            outcome.skipped.append(Skip(model, why_not))
-            outcome.fallback = outcome.fallback or why_not.startswith("circuit open")
-            continue
-        left = deadline - clock()
-        if left <= 0:
-            outcome.failures.append(Failure(model, "deadline", "the request's deadline passed before this model "
-                                                               "could be asked"))
-            break
-        try:
-            stream = open_stream(model, left)
-            first = next(stream, None)
-        except CircuitOpenError as error:
-            outcome.skipped.append(Skip(model, f"circuit open: {error.message}"))
-            outcome.fallback = True
-            continue
-        except GenerationError as error:
-            outcome.failures.append(Failure(model, error.kind, error.message))
-            outcome.fallback = True
-            continue
-        if first is None:
-            first = ""
-        outcome.models_used.append(model)
+
+    def attempt(model: str, left: float) -> tuple[str, Iterator[str]]:
+        stream = open_stream(model, left)
+        return next(stream, None) or "", stream
+
+    for model, (first, stream) in _in_order(candidates, outcome, attempt=attempt, availability=availability,
+                                            deadline=deadline, clock=clock):
         return model, first, stream, outcome
     raise NoModelAnswered(outcome)

@@ -82,16 +82,21 @@ def register_voting_rule(name: str, *, description: str, grouped: bool = False) 
     return decorate
 
 
-def _key(sample: Sample, normalise: Normaliser) -> str | None:
-    """Return the sample's canonical answer, or None when it has no valid one."""
-    if sample.answer is None or not sample.answer.strip():
+def answer_key(answer: str | None, normalise: Normaliser) -> str | None:
+    """Return the canonical key of an extracted answer, or None when it is no valid vote."""
+    if answer is None or not answer.strip():
         return None
     try:
-        key = normalise(sample.answer)
+        key = normalise(answer)
     except Exception:
         # One odd answer must not abort the vote; the invalid count reports it.
         return None
     return key if isinstance(key, str) and key else None
+
+
+def _key(sample: Sample, normalise: Normaliser) -> str | None:
+    """Return the sample's canonical answer, or None when it has no valid one."""
+    return answer_key(sample.answer, normalise)
 
 
 @register_voting_rule(
