@@ -57,6 +57,12 @@ def nearest_cluster(snapshot, query: str) -> tuple[int, list[tuple[str, float]]]
     return cluster, sorted(((m, MEANS[m][cluster]) for m in MEANS), key=lambda item: -item[1])
 
 
+def team_in_order(snapshot, query: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The team members in the order the query's cluster ranks them."""
+    _, ranked = nearest_cluster(snapshot, query)
+    return [m for m, _ in ranked if m in snapshot.team]
+
+
 def test_route_returns_the_nearest_cluster_its_ranking_and_logs_the_decision(api, snapshot) -> None:
     query = "Natalia sold clips to 48 of her friends in April. How many clips did she sell?"
     cluster, _ = nearest_cluster(snapshot, query)
@@ -103,8 +109,7 @@ def test_answer_samples_the_best_model_votes_and_logs_everything(api, snapshot) 
 
 def test_a_failing_model_hands_over_to_the_next_in_the_cluster_ranking(api, snapshot) -> None:
     query = "Which planet is known as the red planet?"
-    _, ranked = nearest_cluster(snapshot, query)
-    team_order = [m for m, _ in ranked if m in snapshot.team]
+    team_order = team_in_order(snapshot, query)
     with fault_server(default=status(500)) as broken, fault_server(content="Answer: Mars") as fine:
         point_at(team_order[0], broken)
         point_at(team_order[1], fine)
@@ -119,8 +124,7 @@ def test_a_failing_model_hands_over_to_the_next_in_the_cluster_ranking(api, snap
 
 def test_a_server_whose_circuit_opened_is_skipped_without_being_called(api, snapshot) -> None:
     query = "Capital of France?"
-    _, ranked = nearest_cluster(snapshot, query)
-    team_order = [m for m, _ in ranked if m in snapshot.team]
+    team_order = team_in_order(snapshot, query)
     with fault_server(default=status(502)) as broken, fault_server(content="Answer: Paris") as fine:
         point_at(team_order[0], broken)
         point_at(team_order[1], fine)
@@ -136,8 +140,7 @@ def test_a_server_whose_circuit_opened_is_skipped_without_being_called(api, snap
 @override_settings(ROUTE_MODEL_TIMEOUT_S=1.0)
 def test_a_hung_server_times_out_and_the_next_model_answers_within_the_deadline(api, snapshot) -> None:
     query = "Name a prime number."
-    _, ranked = nearest_cluster(snapshot, query)
-    team_order = [m for m, _ in ranked if m in snapshot.team]
+    team_order = team_in_order(snapshot, query)
     with fault_server(default=hang(30)) as hung, fault_server(content="Answer: 7") as fine:
         point_at(team_order[0], hung)
         point_at(team_order[1], fine)
@@ -239,8 +242,7 @@ def test_v1_models_lists_avengers_and_each_built_snapshot(api, snapshot) -> None
 
 def test_chat_completions_answers_as_openai_does_with_the_decision_attached(api, snapshot) -> None:
     query = "What is 2+2?"
-    _, ranked = nearest_cluster(snapshot, query)
-    team_order = [m for m, _ in ranked if m in snapshot.team]
+    team_order = team_in_order(snapshot, query)
     with fault_server(content="Answer: 4") as server:
         point_at(team_order[0], server)
         response = api.post("/v1/chat/completions", {
@@ -260,8 +262,7 @@ def test_chat_completions_answers_as_openai_does_with_the_decision_attached(api,
 
 def test_chat_completions_streams_the_chosen_models_tokens_as_server_sent_events(api, snapshot) -> None:
     query = "Say hello"
-    _, ranked = nearest_cluster(snapshot, query)
-    team_order = [m for m, _ in ranked if m in snapshot.team]
+    team_order = team_in_order(snapshot, query)
     with fault_server(default=status(503)) as broken, fault_server(content="Hello there, friend") as server:
         point_at(team_order[0], broken)
         point_at(team_order[1], server)
