@@ -2,9 +2,11 @@
 
 ``submit`` puts a finished ``RoutingDecision`` (unsaved) on a bounded in-memory queue and returns at once. A
 daemon thread per process takes what has accumulated (up to ``BATCH`` rows, or whatever arrived within
-``AVENGERS_DECISION_LOG_FLUSH_S``) and writes it with one ``bulk_create``. When the database refuses a batch,
-rows are retried one by one so that one bad row loses only itself; errors are logged and counted, never raised.
-A full queue drops the new row (counted in ``stats()``), since the log must not hold up serving.
+``AVENGERS_DECISION_LOG_FLUSH_S``) and writes it with one PostgreSQL ``COPY``: the rows go out as plain tuples,
+without the ORM's per-field work, so the writer holds the interpreter (and a core) for as little as possible
+while the worker's request thread serves the next request (docs/BENCHMARKS.md). When the database refuses a
+batch, rows are retried one by one so that one bad row loses only itself; errors are logged and counted, never
+raised. A full queue drops the new row (counted in ``stats()``), since the log must not hold up serving.
 
 ``AVENGERS_DECISION_LOG=inline`` writes each row in the calling thread instead (still never raising): for
 tests inside one database transaction, and for a one-off command.
@@ -12,13 +14,14 @@ tests inside one database transaction, and for a one-off command.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import queue
 import threading
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, connection, models, transaction
 
 from routing.models import RoutingDecision
 
@@ -30,6 +33,13 @@ _lock = threading.Lock()
 _thread: threading.Thread | None = None
 _stats = {"submitted": 0, "written": 0, "dropped": 0, "failed": 0}
 _pending = threading.Condition()
+
+# The columns COPY writes: every concrete field but the serial key, in the model's order.
+_FIELDS = tuple(f for f in RoutingDecision._meta.concrete_fields if not f.primary_key)
+_JSON = frozenset(f.attname for f in _FIELDS if isinstance(f, models.JSONField))
+_COPY_SQL = "COPY {table} ({columns}) FROM STDIN".format(
+    table=connection.ops.quote_name(RoutingDecision._meta.db_table),
+    columns=", ".join(connection.ops.quote_name(f.column) for f in _FIELDS))
 
 
 def submit(row: RoutingDecision) -> None:
@@ -89,23 +99,38 @@ def _run() -> None:
                 _pending.notify_all()
 
 
+def _values(row: RoutingDecision) -> tuple[Any, ...]:
+    """The row as COPY takes it: one value per column of ``_FIELDS``, JSON already encoded."""
+    return tuple(json.dumps(getattr(row, f.attname)) if f.attname in _JSON else getattr(row, f.attname)
+                 for f in _FIELDS)
+
+
+def _copy(rows: list[RoutingDecision]) -> None:
+    """Write ``rows`` with one COPY in one transaction (a savepoint inside a caller's transaction)."""
+    with transaction.atomic(), connection.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
+        for row in rows:
+            copy.write_row(_values(row))
+
+
 def _write(rows: list[RoutingDecision]) -> None:
     inline = connection.in_atomic_block  # inside a caller's transaction: savepoints keep it usable
     if not inline:
         close_old_connections()
     try:
-        with transaction.atomic():
-            RoutingDecision.objects.bulk_create(rows, batch_size=BATCH)
+        _copy(rows)
         _stats["written"] += len(rows)
         return
     except Exception:  # noqa: BLE001
-        _log.exception("writing %d decisions in bulk failed; trying one by one", len(rows))
+        if len(rows) > 1:
+            _log.exception("writing %d decisions in bulk failed; trying one by one", len(rows))
         _reset_connection(inline)
+        if len(rows) == 1:
+            _stats["failed"] += 1
+            _log.error("could not write decision %s", rows[0].request_id, exc_info=True)
+            return
     for row in rows:
         try:
-            row.pk = None
-            with transaction.atomic():
-                RoutingDecision.objects.bulk_create([row])
+            _copy([row])
             _stats["written"] += 1
         except Exception as exc:  # noqa: BLE001
             _stats["failed"] += 1

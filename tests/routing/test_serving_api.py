@@ -210,7 +210,7 @@ def test_a_failure_to_write_the_log_never_fails_the_request(api, snapshot, monke
     def refuse(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("the log database is gone")
 
-    monkeypatch.setattr(RoutingDecision.objects, "bulk_create", refuse)
+    monkeypatch.setattr(decision_log, "_copy", refuse)
     before = decision_log.stats()["failed"]
     response = api.post("/api/v1/route", {"query": "Hi"}, format="json")
     assert response.status_code == 200 and decision_log.stats()["failed"] == before + 1
