@@ -2,9 +2,10 @@
 
 ``submit`` puts a finished ``RoutingDecision`` (unsaved) on a bounded in-memory queue and returns at once. A
 daemon thread per process takes what has accumulated (up to ``BATCH`` rows, or whatever arrived within
-``AVENGERS_DECISION_LOG_FLUSH_S``) and writes it with one PostgreSQL ``COPY``: the rows go out as plain tuples,
-without the ORM's per-field work, so the writer holds the interpreter (and a core) for as little as possible
-while the worker's request thread serves the next request (docs/BENCHMARKS.md). When the database refuses a
+``AVENGERS_DECISION_LOG_FLUSH_S``) and writes it with one PostgreSQL ``COPY``. Each row is encoded as a line of
+COPY's text format by ``submit`` itself (some 20 microseconds), so that the writer only joins lines and sends
+them: it holds the interpreter for microseconds, not for the milliseconds the ORM's ``bulk_create`` of a batch
+took, which the worker's request thread had to wait through (docs/BENCHMARKS.md). When the database refuses a
 batch, rows are retried one by one so that one bad row loses only itself; errors are logged and counted, never
 raised. A full queue drops the new row (counted in ``stats()``), since the log must not hold up serving.
 
@@ -17,8 +18,10 @@ import atexit
 import json
 import logging
 import queue
+import re
 import threading
-from typing import Any
+import datetime as dt
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.db import close_old_connections, connection, models, transaction
@@ -28,7 +31,14 @@ from routing.models import RoutingDecision
 _log = logging.getLogger(__name__)
 BATCH = 500
 
-_queue: queue.Queue[RoutingDecision] = queue.Queue(maxsize=10_000)
+class Line(NamedTuple):
+    """One decision encoded as a line of COPY's text format."""
+
+    request_id: str
+    text: str
+
+
+_queue: queue.Queue[Line] = queue.Queue(maxsize=10_000)
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 _stats = {"submitted": 0, "written": 0, "dropped": 0, "failed": 0}
@@ -46,11 +56,12 @@ def submit(row: RoutingDecision) -> None:
     """Queue ``row`` to be written; never raises."""
     try:
         _stats["submitted"] += 1
+        line = encode(row)
         if settings.DECISION_LOG_MODE == "inline":
-            _write([row])
+            _write([line])
             return
         _ensure_thread()
-        _queue.put_nowait(row)
+        _queue.put_nowait(line)
     except queue.Full:
         _stats["dropped"] += 1
         _log.warning("decision log queue full; dropped decision %s", row.request_id)
@@ -99,20 +110,47 @@ def _run() -> None:
                 _pending.notify_all()
 
 
-def _values(row: RoutingDecision) -> tuple[Any, ...]:
-    """The row as COPY takes it: one value per column of ``_FIELDS``, JSON already encoded."""
-    return tuple(json.dumps(getattr(row, f.attname)) if f.attname in _JSON else getattr(row, f.attname)
-                 for f in _FIELDS)
+# COPY's text format: a backslash, newline, carriage return or tab inside a value is escaped; NUL, which
+# PostgreSQL's text cannot hold, becomes U+FFFD so that such a query is still logged.
+_ESCAPE = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\x00": "\ufffd"})
 
 
-def _copy(rows: list[RoutingDecision]) -> None:
-    """Write ``rows`` with one COPY in one transaction (a savepoint inside a caller's transaction)."""
+# In JSON text, the escape \u0000 (and not an escaped backslash followed by "u0000"); jsonb refuses it.
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _field(value: Any, is_json: bool) -> str:
+    if is_json:
+        text = json.dumps(value)
+        if "\\u0000" in text:
+            text = _JSON_NUL.sub(r"\1\\ufffd", text)
+        return text.translate(_ESCAPE)
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_ESCAPE)
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot log a {type(value).__name__} in a decision row")
+
+
+def encode(row: RoutingDecision) -> Line:
+    """Return ``row`` as a line of COPY's text format, one field per column of ``_FIELDS``."""
+    fields = [_field(getattr(row, f.attname), f.attname in _JSON) for f in _FIELDS]
+    return Line(row.request_id, "\t".join(fields) + "\n")
+
+
+def _copy(lines: list[Line]) -> None:
+    """Write ``lines`` with one COPY in one transaction (a savepoint inside a caller's transaction)."""
     with transaction.atomic(), connection.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
-        for row in rows:
-            copy.write_row(_values(row))
+        copy.write("".join(line.text for line in lines))
 
 
-def _write(rows: list[RoutingDecision]) -> None:
+def _write(rows: list[Line]) -> None:
     inline = connection.in_atomic_block  # inside a caller's transaction: savepoints keep it usable
     if not inline:
         close_old_connections()

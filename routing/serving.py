@@ -15,6 +15,7 @@ the response in bulk.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import threading
@@ -67,6 +68,13 @@ class ServingError(Exception):
 # ------------------------------------------------------------------------------------------- snapshots
 
 
+def _keep(_: object) -> None:
+    """Something just loaded stays for the life of the process (a routing table, an embedder): take everything
+    alive now out of the cyclic garbage collector's reach, as avengers_web.wsgi does at start-up, so that full
+    collections stay short (docs/BENCHMARKS.md)."""
+    gc.freeze()
+
+
 _tables: dict[int, RoutingTable] = {}
 _tables_lock = threading.Lock()
 _active: tuple[float, int | None] = (0.0, None)  # (checked at, active snapshot id)
@@ -109,6 +117,7 @@ def _served(snapshot_id: int | None) -> Served:
             if table is None:
                 table = _load_table(snapshot_id)
                 _tables[snapshot_id] = table
+                _keep(table)
     version, embedder = _snapshot_meta[snapshot_id]
     return Served(snapshot_id, version, embedder, table)
 
@@ -196,6 +205,7 @@ class _Embedding:
                 if embedder is None:
                     embedder = get_embedder(name)
                     self._embedders[name] = embedder
+                    _keep(embedder)
         return embedder
 
     def batcher(self, name: str) -> MicroBatcher:

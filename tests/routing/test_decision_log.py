@@ -1,4 +1,5 @@
-"""The decision log's writer: COPY in bulk, every column as the ORM would write it, one bad row loses only itself."""
+"""The decision log's writer: rows encoded as COPY text, written in bulk with every column as given, one bad row
+losing only itself."""
 from __future__ import annotations
 
 import datetime as dt
@@ -42,7 +43,7 @@ def test_a_batch_is_written_with_every_column_as_given() -> None:
     bare = _row("dec_bare", endpoint=RoutingDecision.Endpoint.ROUTE, query="", status_code=503,
                 error="No model could answer:\n- alpha: no endpoint")
 
-    decision_log._write([full, bare])
+    decision_log._write([decision_log.encode(full), decision_log.encode(bare)])
 
     got = RoutingDecision.objects.get(request_id="dec_full")
     for field in decision_log._FIELDS:
@@ -57,7 +58,7 @@ def test_one_bad_row_in_a_batch_loses_only_itself() -> None:
     before = decision_log.stats()
     rows = [_row("dec_a"), _row("dec_taken"), _row("dec_b")]  # the second repeats a unique request id
 
-    decision_log._write(rows)
+    decision_log._write([decision_log.encode(row) for row in rows])
 
     assert set(RoutingDecision.objects.values_list("request_id", flat=True)) == {"dec_taken", "dec_a", "dec_b"}
     after = decision_log.stats()
@@ -87,3 +88,15 @@ def test_the_background_writer_writes_what_was_submitted_once_flushed() -> None:
     assert decision_log.stats()["written"] - before == 120
     assert RoutingDecision.objects.filter(request_id__startswith="dec_bg_").count() == 120
     assert sorted(set(RoutingDecision.objects.values_list("cluster", flat=True))) == list(range(7))
+
+
+def test_text_that_copy_or_postgresql_would_choke_on_is_kept() -> None:
+    awkward = "tab\there, newline\n, CR\r, backslash \\N \\t, a literal \\u0000, NUL \x00 end"
+    row = _row("dec_awkward", query=awkward, final_answer="\\frac{1}{2}\x00",
+               samples=[{"model": "m", "index": 0, "text": awkward, "answer": None, "key": None,
+                         "finish_reason": "stop"}])
+    decision_log._write([decision_log.encode(row)])
+
+    got = RoutingDecision.objects.get(request_id="dec_awkward")
+    kept = awkward.replace("\x00", "\ufffd")  # PostgreSQL's text cannot hold NUL; the rest is as sent
+    assert got.query == kept and got.samples[0]["text"] == kept and got.final_answer == "\\frac{1}{2}\ufffd"
