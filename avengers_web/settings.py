@@ -173,6 +173,10 @@ MODEL_CHECK_TIMEOUT_S = float(os.environ.get("AVENGERS_MODEL_CHECK_TIMEOUT_S", "
 # Embeddings are cached on disk by (embedder, text hash), shared with `python -m routing.offline`.
 CACHE_DIR = Path(os.environ.get("AVENGERS_CACHE_DIR", Path.home() / ".cache" / "avengers"))
 EMBEDDING_CACHE_PATH = CACHE_DIR / "embeddings.sqlite3"
+# The embedder of new snapshots and embedding jobs when none is named. minilm-static embeds a query in about
+# 0.1 ms of CPU, so that routing meets its latency and throughput targets on 2 CPU cores; minilm routes about
+# 1 point more accurately offline and costs 12-20 ms of CPU per query (docs/BENCHMARKS.md).
+EMBEDDER = os.environ.get("AVENGERS_EMBEDDER", "minilm-static")
 
 # Evaluation engine: model calls, retries, and how workers notice a dead worker's batch.
 GENERATION_TIMEOUT_S = float(os.environ.get("AVENGERS_GENERATION_TIMEOUT_S", "120"))

@@ -191,7 +191,7 @@ class CpuMeter:
 # ----------------------------------------------------------------------------------------------- setup
 
 
-def prepare(data_dir: Path, embedder: str) -> dict[str, Any]:
+def prepare(data_dir: Path, embedder: str = "") -> dict[str, Any]:
     """Migrate, import the records, build and activate a K=64 snapshot, create a token; return what serving needs."""
     import django
 
@@ -220,7 +220,7 @@ def prepare(data_dir: Path, embedder: str) -> dict[str, Any]:
     mark = time.perf_counter()
     snapshot = routing_services.snapshot_create(
         datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()), k=64, shrinkage=32.0,
-        embedder=embedder, label="route latency bench", user=user, queue=False)
+        embedder=embedder or None, label="route latency bench", user=user, queue=False)
     routing_services.snapshot_build(snapshot_id=snapshot.pk)
     snapshot.refresh_from_db()
     if snapshot.status != RouterSnapshot.Status.DONE:
@@ -676,7 +676,8 @@ def main() -> None:
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "", help="py-spy binary (default: on PATH)")
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk is there")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (the database is stopped anyway)")
-    parser.add_argument("--embedder", default="minilm", help="the snapshot's embedder (default minilm)")
+    parser.add_argument("--embedder", default="",
+                        help="the snapshot's embedder (default: the platform's, AVENGERS_EMBEDDER)")
     parser.add_argument("--conn-max-age", type=int, default=60,
                         help="DB_CONN_MAX_AGE of the server (docker/.env.example: 60; 0: a connection per request)")
     parser.add_argument("--gunicorn-config", default="",

@@ -5,6 +5,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
@@ -54,7 +55,7 @@ class SnapshotOutput(serializers.ModelSerializer):
 class SnapshotCreateInput(serializers.Serializer):
     datasets = serializers.ListField(child=serializers.CharField(), min_length=1, help_text="Dataset names or ids.")
     models = serializers.ListField(child=serializers.CharField(), min_length=1, help_text="The pool: names or ids.")
-    embedder = serializers.CharField(default="minilm")
+    embedder = serializers.CharField(default=lambda: settings.EMBEDDER, help_text="Default: AVENGERS_EMBEDDER.")
     method = serializers.CharField(default="kmeans", help_text="kmeans, agglomerative, gmm, spectral or birch.")
     k = serializers.IntegerField(default=64, min_value=1)
     seed = serializers.IntegerField(default=42)
@@ -250,7 +251,8 @@ class EmbeddingJobOutput(serializers.ModelSerializer):
 class EmbeddingJobCreateApi(APIView):
     class EmbeddingJobInput(serializers.Serializer):
         datasets = serializers.ListField(child=serializers.CharField(), min_length=1)
-        embedder = serializers.CharField(default="minilm")
+        embedder = serializers.CharField(default=lambda: settings.EMBEDDER,
+                                         help_text="Default: AVENGERS_EMBEDDER.")
 
     @extend_schema(operation_id="embedding_jobs_create", request=EmbeddingJobInput, responses={201: EmbeddingJobOutput},
                    description="Embed, in a worker, every query of these datasets that has no vector yet.")

@@ -101,9 +101,11 @@ def embed_missing(*, query_ids: Sequence[int], embedder_name: str, embedder: Emb
     return done
 
 
-def embedding_job_create(*, datasets: Sequence[Dataset], embedder: str, user: User = None,
+def embedding_job_create(*, datasets: Sequence[Dataset], embedder: str | None = None, user: User = None,
                          queue: bool = True) -> EmbeddingJob:
-    """Queue a job that embeds the datasets' queries that have no vector under ``embedder``."""
+    """Queue a job that embeds the datasets' queries that have no vector under ``embedder`` (default
+    AVENGERS_EMBEDDER)."""
+    embedder = embedder or settings.EMBEDDER
     _check_embedder(embedder)
     if not datasets:
         raise CalibrationError("datasets", "choose at least one dataset")
@@ -197,7 +199,7 @@ def snapshot_create(
     *,
     datasets: Sequence[Dataset],
     models: Sequence[LanguageModel],
-    embedder: str = "minilm",
+    embedder: str | None = None,
     method: str = "kmeans",
     k: int = 64,
     seed: int = 42,
@@ -210,7 +212,10 @@ def snapshot_create(
     kind: str = RouterSnapshot.Kind.BUILT,
     parent: RouterSnapshot | None = None,
 ) -> RouterSnapshot:
-    """Create a snapshot and queue its build; raise CalibrationError naming the bad input and create nothing."""
+    """Create a snapshot and queue its build; raise CalibrationError naming the bad input and create nothing.
+
+    ``embedder`` defaults to AVENGERS_EMBEDDER."""
+    embedder = embedder or settings.EMBEDDER
     _check_embedder(embedder)
     if method not in CLUSTERING_METHODS:
         raise CalibrationError("method", f"unknown method {method!r}; use one of {', '.join(sorted(CLUSTERING_METHODS))}")

@@ -5,6 +5,7 @@ from collections.abc import Collection
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -173,7 +174,7 @@ class SnapshotForm(forms.Form):
                                             widget=forms.SelectMultiple(attrs={"size": 8}))
     k = forms.IntegerField(label="K (clusters)", min_value=1, initial=64)
     method = forms.ChoiceField(choices=[(m, m) for m in sorted(CLUSTERING_METHODS)], initial="kmeans")
-    embedder = forms.ChoiceField(choices=[(e, e) for e in sorted(EMBEDDERS)], initial="minilm")
+    embedder = forms.ChoiceField(choices=[(e, e) for e in sorted(EMBEDDERS)], initial=lambda: settings.EMBEDDER)
     seed = forms.IntegerField(initial=42)
     shrinkage = forms.CharField(initial="auto", help_text='"auto" (5-fold CV on train) or pseudo-queries, e.g. 32.')
     team_size = forms.IntegerField(required=False, min_value=1, label="Team size M",

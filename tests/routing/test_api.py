@@ -6,6 +6,7 @@ from io import StringIO
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.management import CommandError, call_command
 
 from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
@@ -98,9 +99,10 @@ def test_an_embedding_job_embeds_only_what_is_missing_and_reports_progress(api, 
     job = api.get(f"/api/v1/embedding-jobs/{job_id}").json()
     expected = Query.objects.filter(dataset__name__in=["gsm8k", "math"]).count()
     assert job["status"] == "done" and job["done"] == job["total"] == expected
-    assert QueryEmbedding.objects.filter(embedder="minilm").count() == expected
-    second = services.embedding_job_create(datasets=list(Dataset.objects.filter(name="gsm8k")), embedder="minilm",
-                                           queue=False)
+    assert job["embedder"] == settings.EMBEDDER  # none named: the platform's default
+    assert QueryEmbedding.objects.filter(embedder=settings.EMBEDDER).count() == expected
+    second = services.embedding_job_create(datasets=list(Dataset.objects.filter(name="gsm8k")),
+                                           embedder=settings.EMBEDDER, queue=False)
     services.embedding_job_run(job_id=second.pk)
     second.refresh_from_db()
     assert second.total == 0 and "0 queries embedded" in second.message

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from django.conf import settings
 
 from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
 from evaluation.services import dataset_import_file
@@ -40,7 +41,8 @@ def test_a_k64_snapshot_scores_on_the_test_split_what_the_offline_evaluator_scor
     assert snapshot.profiles.count() == 64 * 9 and sum(snapshot.clusters.values_list("size", flat=True)) == 5608
 
     # The same settings through `python -m routing.offline evaluate`'s own functions, on the file itself.
-    models, train, test, _ = prepare(llmrouter, 42, "minilm", default_cache())
+    assert snapshot.embedder == settings.EMBEDDER  # none named: the platform's default
+    models, train, test, _ = prepare(llmrouter, 42, snapshot.embedder, default_cache())
     config = RouterConfig(k=64, seed=42)
     shrinkage, _ = resolve_shrinkage("auto", train, models, config)
     assert snapshot.shrinkage == shrinkage

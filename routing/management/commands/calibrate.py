@@ -1,11 +1,11 @@
 """Build, derive and activate router snapshots from the command line.
 
     manage.py calibrate build --datasets A,B --models X,Y [--k 64] [--method kmeans] [--seed 42]
-                              [--embedder minilm] [--shrinkage auto] [--team-size M | --team X,Y] [--activate]
+                              [--embedder NAME] [--shrinkage auto] [--team-size M | --team X,Y] [--activate]
     manage.py calibrate add-model SNAPSHOT MODEL [--activate]
     manage.py calibrate add-dataset SNAPSHOT DATASET [--activate]
     manage.py calibrate activate SNAPSHOT
-    manage.py calibrate embed --datasets A,B [--embedder minilm]
+    manage.py calibrate embed --datasets A,B [--embedder NAME]
 
 SNAPSHOT is a version number. Work runs in this process unless --queue hands it to the workers.
 """
@@ -36,7 +36,7 @@ class Command(BaseCommand):
         build.add_argument("--k", type=int, default=64)
         build.add_argument("--method", default="kmeans")
         build.add_argument("--seed", type=int, default=42)
-        build.add_argument("--embedder", default="minilm")
+        build.add_argument("--embedder", default=None, help="default: AVENGERS_EMBEDDER")
         build.add_argument("--shrinkage", default="auto")
         build.add_argument("--team-size", type=int)
         build.add_argument("--team")
@@ -51,7 +51,7 @@ class Command(BaseCommand):
         activate.add_argument("snapshot", type=int)
         embed = sub.add_parser("embed", help="Embed the queries of datasets that have no vector yet.")
         embed.add_argument("--datasets", required=True)
-        embed.add_argument("--embedder", default="minilm")
+        embed.add_argument("--embedder", default=None, help="default: AVENGERS_EMBEDDER")
         for action in (build, *derived, embed):
             action.add_argument("--queue", action="store_true", help="Hand the work to the Celery workers.")
         for action in (build, *derived):
