@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import numbers
 import queue
 import re
 import threading
@@ -131,8 +132,10 @@ def _field(value: Any, is_json: bool) -> str:
         return value.translate(_ESCAPE)
     if isinstance(value, bool):
         return "t" if value else "f"
-    if isinstance(value, (int, float)):
-        return repr(value)
+    if isinstance(value, numbers.Integral):  # numpy's integers too
+        return str(int(value))
+    if isinstance(value, numbers.Real):  # repr(float()), not repr(): numpy 2 writes np.float64(0.5)
+        return repr(float(value))
     if isinstance(value, dt.datetime):
         return value.isoformat()
     raise TypeError(f"cannot log a {type(value).__name__} in a decision row")

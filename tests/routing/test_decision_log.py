@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
@@ -40,14 +41,16 @@ def test_a_batch_is_written_with_every_column_as_given() -> None:
                           "finish_reason": "stop"}],
                 tally=[["1/2", 2]], final_answer="0.5", agreement=1.0, prompt_tokens=10, completion_tokens=20,
                 timings_ms={"embed": 0.1, "total": 5.5}, total_ms=5.5, status_code=200, error="")
+    numpy = _row("dec_numpy", cluster=np.int64(3), similarity=np.float32(0.25), total_ms=np.float64(1.5))
     bare = _row("dec_bare", endpoint=RoutingDecision.Endpoint.ROUTE, query="", status_code=503,
                 error="No model could answer:\n- alpha: no endpoint")
 
-    decision_log._write([decision_log.encode(full), decision_log.encode(bare)])
+    decision_log._write([decision_log.encode(row) for row in (full, numpy, bare)])
 
     got = RoutingDecision.objects.get(request_id="dec_full")
     for field in decision_log._FIELDS:
         assert getattr(got, field.attname) == getattr(full, field.attname), field.name
+    assert RoutingDecision.objects.filter(request_id="dec_numpy", cluster=3, similarity=0.25, total_ms=1.5).exists()
     other = RoutingDecision.objects.get(request_id="dec_bare")
     assert other.user_id is None and other.snapshot_id is None and other.cluster is None and other.agreement is None
     assert other.candidates == [] and other.timings_ms == {} and other.error == bare.error
