@@ -15,13 +15,13 @@ tests inside one database transaction, and for a one-off command.
 from __future__ import annotations
 
 import atexit
+import datetime as dt
 import json
 import logging
 import numbers
 import queue
 import re
 import threading
-import datetime as dt
 from typing import Any, NamedTuple
 
 from django.conf import settings
@@ -31,6 +31,7 @@ from routing.models import RoutingDecision
 
 _log = logging.getLogger(__name__)
 BATCH = 500
+
 
 class Line(NamedTuple):
     """One decision encoded as a line of COPY's text format."""
