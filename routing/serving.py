@@ -68,8 +68,8 @@ class ServingError(Exception):
 # ------------------------------------------------------------------------------------------- snapshots
 
 
-def _keep(_: object) -> None:
-    """Something just loaded stays for the life of the process (a routing table, an embedder): take everything
+def _keep_loaded() -> None:
+    """What was just loaded stays for the life of the process (a routing table, an embedder): take everything
     alive now out of the cyclic garbage collector's reach, as avengers_web.wsgi does at start-up, so that full
     collections stay short (docs/BENCHMARKS.md)."""
     gc.freeze()
@@ -117,7 +117,7 @@ def _served(snapshot_id: int | None) -> Served:
             if table is None:
                 table = _load_table(snapshot_id)
                 _tables[snapshot_id] = table
-                _keep(table)
+                _keep_loaded()
     version, embedder = _snapshot_meta[snapshot_id]
     return Served(snapshot_id, version, embedder, table)
 
@@ -205,7 +205,7 @@ class _Embedding:
                 if embedder is None:
                     embedder = get_embedder(name)
                     self._embedders[name] = embedder
-                    _keep(embedder)
+                    _keep_loaded()
         return embedder
 
     def batcher(self, name: str) -> MicroBatcher:
