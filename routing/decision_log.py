@@ -1,8 +1,8 @@
 """Write routing decisions after the response, in bulk, without ever failing or slowing the request.
 
 ``submit`` puts a finished ``RoutingDecision`` (unsaved) on a bounded in-memory queue and returns at once. A
-daemon thread per process takes what has accumulated (up to ``BATCH`` rows, or whatever arrived within
-``AVENGERS_DECISION_LOG_FLUSH_S``) and writes it with one PostgreSQL ``COPY``. Each row is encoded as a line of
+daemon thread per process sleeps while rows gather (``AVENGERS_DECISION_LOG_FLUSH_S`` after the first, or until
+``BATCH`` wait) and writes them with one PostgreSQL ``COPY``. Each row is encoded as a line of
 COPY's text format by ``submit`` itself (some 20 microseconds), so that the writer only joins lines and sends
 them: it holds the interpreter for microseconds, not for the milliseconds the ORM's ``bulk_create`` of a batch
 took, which the worker's request thread had to wait through (docs/BENCHMARKS.md). When the database refuses a
@@ -45,6 +45,7 @@ _lock = threading.Lock()
 _thread: threading.Thread | None = None
 _stats = {"submitted": 0, "written": 0, "dropped": 0, "failed": 0}
 _pending = threading.Condition()
+_hurry = threading.Event()  # write the gathered batch now: a whole batch waits, or someone flushes
 
 # The columns COPY writes: every concrete field but the serial key, in the model's order.
 _FIELDS = tuple(f for f in RoutingDecision._meta.concrete_fields if not f.primary_key)
@@ -64,6 +65,8 @@ def submit(row: RoutingDecision) -> None:
             return
         _ensure_thread()
         _queue.put_nowait(line)
+        if _queue.qsize() >= BATCH:
+            _hurry.set()
     except queue.Full:
         _stats["dropped"] += 1
         _log.warning("decision log queue full; dropped decision %s", row.request_id)
@@ -78,6 +81,7 @@ def stats() -> dict[str, int]:
 
 def flush(timeout_s: float = 10.0) -> bool:
     """Wait until everything submitted so far is written (or failed); return False on timeout."""
+    _hurry.set()
     with _pending:
         return _pending.wait_for(lambda: _queue.unfinished_tasks == 0, timeout=timeout_s)
 
@@ -94,13 +98,18 @@ def _ensure_thread() -> None:
 
 def _run() -> None:
     while True:
-        rows = [_queue.get()]
+        rows = [_queue.get()]  # idle: sleep until a decision comes
         try:
-            try:
-                while len(rows) < BATCH:
-                    rows.append(_queue.get(timeout=settings.DECISION_LOG_FLUSH_S if len(rows) == 1 else 0.01))
-            except queue.Empty:
-                pass
+            # Then let the batch gather for FLUSH_S without waking for each row (which cost every request a
+            # thread switch): ``submit`` wakes the writer early only once a whole batch waits, ``flush`` at once.
+            if _queue.qsize() < BATCH - 1:
+                _hurry.wait(settings.DECISION_LOG_FLUSH_S)
+            _hurry.clear()
+            while len(rows) < BATCH:
+                try:
+                    rows.append(_queue.get_nowait())
+                except queue.Empty:
+                    break
             _write(rows)
             if _queue.empty() and not settings.DATABASES["default"].get("CONN_MAX_AGE"):
                 # Idle: give the connection back, as a request would (CONN_MAX_AGE=0), so none lingers.

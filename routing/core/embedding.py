@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from evaluation.core.datasets import text_hash
+from routing.core.wordpiece import BertIds
 
 __all__ = [
     "DEFAULT_EMBEDDER", "EMBEDDERS", "CachedEmbedder", "Embedder", "EmbedderInfo", "EmbeddingCache",
@@ -538,6 +539,7 @@ class MiniLMStaticEmbedder:
         self._table: NDArray[np.float32] | None = None
         self._empty: NDArray[np.float32] | None = None
         self._tokenizer: Any = None
+        self._ids: BertIds | None = None
 
     def _load(self) -> None:
         with self._lock:
@@ -559,6 +561,7 @@ class MiniLMStaticEmbedder:
             table = ((raw - raw[:distilled].mean(axis=0)) * weights[:, None]).astype(np.float32)
             empty = [tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")]
             self._empty = normalise_rows(table[empty].mean(axis=0))
+            self._ids = BertIds(tokenizer, max_tokens=MINILM_STATIC_MAX_TOKENS)
             self._tokenizer, self._table = tokenizer, table
 
     def _vector(self, ids: Sequence[int]) -> NDArray[np.float32]:
@@ -573,12 +576,12 @@ class MiniLMStaticEmbedder:
         if len(texts) == 0:
             return out
         self._load()
-        if len(texts) == 1:  # the serving path: encode_batch's thread pool costs more than it saves here
-            encodings = [self._tokenizer.encode(texts[0], add_special_tokens=False)]
+        if len(texts) == 1:  # the serving path: the same ids as the tokenizer's, a sixth of the time (wordpiece.py)
+            assert self._ids is not None
+            out[0] = self._vector(self._ids.ids(texts[0]))
         else:
-            encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        for i, encoding in enumerate(encodings):
-            out[i] = self._vector(encoding.ids)
+            for i, encoding in enumerate(self._tokenizer.encode_batch(list(texts), add_special_tokens=False)):
+                out[i] = self._vector(encoding.ids)
         if progress is not None:
             progress(len(texts), len(texts))
         return out

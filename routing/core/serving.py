@@ -62,6 +62,7 @@ class RoutingTable:
     categories: tuple[str, ...] = ()  # per cluster
     task_types: tuple[str, ...] = ()  # per cluster
     _orders: NDArray[np.intp] = field(init=False, repr=False, compare=False)
+    _candidates: tuple[tuple[Candidate, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         k = self.centroids.shape[0]
@@ -88,6 +89,13 @@ class RoutingTable:
 
             orders.append(sorted(range(len(self.models)), key=key))
         object.__setattr__(self, "_orders", np.asarray(orders, dtype=np.intp))
+        # And so are the candidates of each cluster: routing only picks one of these tuples.
+        team = set(self.team)
+        object.__setattr__(self, "_candidates", tuple(
+            tuple(Candidate(model=self.models[j], rank=position + 1, in_team=self.models[j] in team,
+                            score=None if np.isnan(self.estimates[c, j]) else float(self.estimates[c, j]))
+                  for position, j in enumerate(order))
+            for c, order in enumerate(orders)))
 
     @property
     def k(self) -> int:
@@ -109,17 +117,11 @@ class RoutingTable:
         nearest = np.argpartition(-similarities, width - 1)[:width] if width < self.k else np.arange(self.k)
         nearest = nearest[np.lexsort((nearest, -similarities[nearest]))]
         cluster = int(nearest[0])
-        team = set(self.team)
-        candidates = tuple(
-            Candidate(model=self.models[j], rank=position + 1, in_team=self.models[j] in team,
-                      score=None if np.isnan(self.estimates[cluster, j]) else float(self.estimates[cluster, j]))
-            for position, j in enumerate(self._orders[cluster])
-        )
         return Route(
             cluster=cluster,
             similarity=float(similarities[cluster]),
             runner_ups=tuple((int(c), float(similarities[c])) for c in nearest[1:]),
-            candidates=candidates,
+            candidates=self._candidates[cluster],
             category=self.categories[cluster] if self.categories else "",
             task_type=self.task_types[cluster] if self.task_types else "",
         )
