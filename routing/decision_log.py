@@ -3,7 +3,7 @@
 ``submit`` puts a finished ``RoutingDecision`` (unsaved) on a bounded in-memory queue and returns at once. A
 daemon thread per process sleeps while rows gather (``AVENGERS_DECISION_LOG_FLUSH_S`` after the first, or until
 ``BATCH`` wait) and writes them with one PostgreSQL ``COPY``. Each row is encoded as a line of
-COPY's text format by ``submit`` itself (some 20 microseconds), so that the writer only joins lines and sends
+COPY's text format by ``submit`` itself (20-50 µs), so that the writer only joins lines and sends
 them: it holds the interpreter for microseconds, not for the milliseconds the ORM's ``bulk_create`` of a batch
 took, which the worker's request thread had to wait through (docs/BENCHMARKS.md). When the database refuses a
 batch, rows are retried one by one so that one bad row loses only itself; errors are logged and counted, never
