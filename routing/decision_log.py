@@ -81,7 +81,8 @@ def stats() -> dict[str, int]:
 
 def flush(timeout_s: float = 10.0) -> bool:
     """Wait until everything submitted so far is written (or failed); return False on timeout."""
-    _hurry.set()
+    if _queue.unfinished_tasks:
+        _hurry.set()
     with _pending:
         return _pending.wait_for(lambda: _queue.unfinished_tasks == 0, timeout=timeout_s)
 
