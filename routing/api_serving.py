@@ -20,7 +20,7 @@ from avengers_web.throttling import TokenRateThrottle
 from evaluation.core.grading import TASK_TYPES
 from routing import serving
 from routing.core.serving import STRATEGIES
-from routing.models import RoutingDecision
+from routing.models import CATEGORY_CHARS, RoutingDecision
 
 MODEL_NAME = "avengers"
 
@@ -53,7 +53,7 @@ class RouteInput(serializers.Serializer):
     query = serializers.CharField(trim_whitespace=False, help_text="The query to route.")
     snapshot = serializers.IntegerField(required=False, min_value=1,
                                         help_text="Route with this snapshot instead of the active one.")
-    category = serializers.CharField(required=False, allow_blank=True, max_length=100,
+    category = serializers.CharField(required=False, allow_blank=True, max_length=CATEGORY_CHARS,
                                      help_text="A label of your own (e.g. the dataset) for the traffic charts.")
 
 
@@ -69,7 +69,7 @@ def route_input(data: Any) -> dict[str, Any]:
         query, snapshot, category = data.get("query"), data.get("snapshot"), data.get("category", "")
         if (type(query) is str and query and _clean(query)
                 and (snapshot is None and "snapshot" not in data or type(snapshot) is int and snapshot >= 1)
-                and type(category) is str and _clean(category) and len(category := category.strip()) <= 100):
+                and type(category) is str and _clean(category) and len(category := category.strip()) <= CATEGORY_CHARS):
             out: dict[str, Any] = {"query": query}
             if snapshot is not None:
                 out["snapshot"] = snapshot
@@ -250,7 +250,7 @@ class ChatInput(serializers.Serializer):
                                                  "server's default (self_consistency).")
     samples = serializers.IntegerField(required=False, min_value=1)
     task_type = serializers.ChoiceField(choices=TASK_TYPES, required=False)
-    category = serializers.CharField(required=False, allow_blank=True, max_length=100)
+    category = serializers.CharField(required=False, allow_blank=True, max_length=CATEGORY_CHARS)
     timeout_s = serializers.FloatField(required=False, min_value=1.0)
     user = serializers.CharField(required=False, allow_blank=True, max_length=256)
 

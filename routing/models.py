@@ -179,6 +179,9 @@ class SnapshotActivation(models.Model):
         return f"v{self.snapshot_id} activated at {self.activated_at:%Y-%m-%d %H:%M}"
 
 
+CATEGORY_CHARS = 100  # a decision's category: the caller's label or a dataset name
+
+
 class RoutingDecision(models.Model):
     """One routed request: what was asked, where it went, who answered, the votes, and how long each stage took.
 
@@ -204,7 +207,7 @@ class RoutingDecision(models.Model):
                                  related_name="decisions")
     cluster = models.IntegerField(null=True, blank=True)
     similarity = models.FloatField(null=True, blank=True)
-    category = models.CharField(max_length=100, blank=True, db_index=True,
+    category = models.CharField(max_length=CATEGORY_CHARS, blank=True, db_index=True,
                                 help_text="The caller's label, else the dataset that dominates the cluster.")
     runner_ups = models.JSONField(default=list, blank=True, help_text="[{cluster, similarity}] after the nearest.")
     candidates = models.JSONField(default=list, blank=True,

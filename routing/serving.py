@@ -51,7 +51,8 @@ from routing.core.serving import (
     answer as answer_with,
     first_stream,
 )
-from routing.models import RouterSnapshot, RoutingDecision, SnapshotCluster, SnapshotProfile, SnapshotQuery
+from routing.models import (CATEGORY_CHARS, RouterSnapshot, RoutingDecision, SnapshotCluster, SnapshotProfile,
+                            SnapshotQuery)
 
 _log = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ class _Trace:
             snapshot_id=self.served.id if self.served else None,
             cluster=route.cluster if route else None,
             similarity=route.similarity if route else None,
-            category=(req.category or (route.category if route else ""))[:100],
+            category=(req.category or (route.category if route else ""))[:CATEGORY_CHARS],
             runner_ups=[{"cluster": c, "similarity": round(s, 6)} for c, s in route.runner_ups] if route else [],
             candidates=_candidates_json(route, outcome) if route else [],
             strategy=req.strategy if req.endpoint != RoutingDecision.Endpoint.ROUTE else "",

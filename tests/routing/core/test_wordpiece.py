@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from routing.core.embedding import MINILM_STATIC_MAX_TOKENS, _minilm_model_dir
+from routing.core.embedding import MINILM_STATIC_MAX_TOKENS, minilm_tokenizer
 from routing.core.wordpiece import BertIds
 
 SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -17,12 +17,7 @@ SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(_minilm_model_dir() / "tokenizer.json"))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=MINILM_STATIC_MAX_TOKENS)
-    return tokenizer
+    return minilm_tokenizer(MINILM_STATIC_MAX_TOKENS)
 
 
 def reference(tokenizer: Any, text: str, limit: int = MINILM_STATIC_MAX_TOKENS) -> list[int]:
