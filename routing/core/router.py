@@ -6,6 +6,12 @@
   (``temperature``), average the models' estimates.
 * ``KnnRouter``: the ``k`` most similar train queries, weighted by similarity, average each model's
   scores where it was evaluated; the model's overall mean fills in where none of them has a score.
+* ``DatasetRouter``: which datasets a query resembles (its ``neighbours`` nearest train queries vote for
+  their datasets), then each model's score in those datasets, refined by the query's cluster within each
+  dataset and shrunk toward the dataset's mean (``shrinkage`` pseudo-queries; ``inf``: the dataset means alone).
+
+Registry. ``ROUTERS`` maps a name to its definition (label, parameters and their defaults, ``fit``); the
+offline evaluator, a snapshot's build and the routing service look routers up there and nowhere else.
 
 Ties. Every router orders models by (score desc, overall train mean desc, model index asc): the
 overall mean breaks ties between equal cluster scores, and the fixed model order breaks the rest, so a
@@ -13,14 +19,16 @@ decision never depends on anything but the inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from routing.core.clustering import Clustering, normalise
-from routing.core.profiles import TIE_TOLERANCE, Profiles
+from routing.core.profiles import TIE_TOLERANCE, Profiles, build_profiles, nan_mean
 
 
 class Router(Protocol):
@@ -102,8 +110,6 @@ class KnnRouter:
     @classmethod
     def fit(cls, embeddings: NDArray[np.floating], scores: NDArray[np.floating], models: tuple[str, ...],
             k: int = 10) -> KnnRouter:
-        from routing.core.profiles import nan_mean
-
         scores = np.asarray(scores, dtype=np.float64)
         return cls(normalise(embeddings), scores, models, nan_mean(scores, axis=0), k)
 
@@ -117,3 +123,204 @@ class KnnRouter:
         total = np.einsum("nw,nwm->nm", weights, np.where(present, neighbour_scores, 0.0))
         weight = np.einsum("nw,nwm->nm", weights, present.astype(np.float64))
         return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), self.overall)
+
+
+def _nearest(similarity: NDArray[np.floating], width: int) -> NDArray[np.intp]:
+    """Column indices of the ``width`` largest entries of each row (in no particular order)."""
+    if width >= similarity.shape[1]:
+        return np.broadcast_to(np.arange(similarity.shape[1]), similarity.shape).copy()
+    return np.argpartition(-similarity, width - 1, axis=1)[:, :width]
+
+
+@dataclass(frozen=True)
+class DatasetRouter:
+    """Route by the datasets a query resembles, refined by its cluster within each dataset.
+
+    For a query q with nearest cluster c and dataset weights w(d | q) (its ``neighbours`` nearest train
+    queries, after centring the embeddings on the train mean, each vote for their dataset with their cosine
+    similarity), model m scores
+
+        sum over d of w(d | q) * (sum of m's scores on d's train queries in c + s * mean[d, m]) / (count + s)
+
+    With s = inf the clusters drop out and the router is a soft per-dataset expert: it needs no K.
+    """
+
+    models: tuple[str, ...]
+    overall: NDArray[np.float64]  # (m,) mean over every scored train query of the model
+    datasets: tuple[str, ...]  # (D,)
+    centre: NDArray[np.float32]  # (dim,) mean of the train embeddings
+    index: NDArray[np.float32]  # (n, dim) centred unit train embeddings
+    index_datasets: NDArray[np.intp]  # (n,) dataset of each train query, into ``datasets``
+    dataset_means: NDArray[np.float64]  # (D, m) each model's mean per dataset (its overall mean where unscored)
+    estimates: NDArray[np.float64]  # (D, k, m) shrunk score of each model per dataset and cluster
+    clustering: Clustering | None  # None when shrinkage is inf
+    shrinkage: float
+    neighbours: int = 10
+
+    @classmethod
+    def fit(cls, embeddings: NDArray[np.floating], scores: NDArray[np.floating], datasets: Sequence[str],
+            models: Sequence[str], *, clustering: Clustering | None, shrinkage: float,
+            neighbours: int = 10) -> DatasetRouter:
+        x = normalise(embeddings)
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (x.shape[0], len(models)) or len(datasets) != x.shape[0]:
+            raise ValueError("embeddings, scores and datasets must describe the same train queries")
+        if shrinkage < 0 or neighbours < 1:
+            raise ValueError("shrinkage must be >= 0 and neighbours >= 1")
+        names = tuple(sorted(set(datasets)))
+        which = np.searchsorted(np.asarray(names), np.asarray(datasets)).astype(np.intp)
+        overall = nan_mean(scores, axis=0)
+        present = ~np.isnan(scores)
+        filled = np.where(present, scores, 0.0)
+        members = np.zeros((len(names), x.shape[0]))
+        members[which, np.arange(x.shape[0])] = 1.0
+        sums, counts = members @ filled, members @ present
+        means = np.divide(sums, counts, out=np.broadcast_to(overall, sums.shape).copy(), where=counts > 0)
+        means = np.where(np.isnan(means), np.nan_to_num(overall, nan=0.0), means)
+        if clustering is None or math.isinf(shrinkage):
+            clustering, estimates = None, means[:, None, :].copy()
+        else:
+            k = clustering.k
+            cell = which * k + clustering.assign(x)
+            onehot = np.zeros((len(names) * k, x.shape[0]))
+            onehot[cell, np.arange(x.shape[0])] = 1.0
+            cell_sums = (onehot @ filled).reshape(len(names), k, -1)
+            cell_counts = (onehot @ present).reshape(len(names), k, -1)
+            estimates = (cell_sums + shrinkage * means[:, None, :]) / (cell_counts + shrinkage) if shrinkage > 0 \
+                else np.divide(cell_sums, cell_counts, out=np.broadcast_to(means[:, None, :], cell_sums.shape).copy(),
+                               where=cell_counts > 0)
+        centre = x.mean(axis=0)
+        return cls(models=tuple(models), overall=overall, datasets=names, centre=centre, index=normalise(x - centre),
+                   index_datasets=which, dataset_means=means, estimates=estimates, clustering=clustering,
+                   shrinkage=float(shrinkage), neighbours=int(neighbours))
+
+    def dataset_weights(self, embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
+        """Return w(d | q), shape (n, datasets): the similarity-weighted vote of the nearest train queries."""
+        queries = normalise(normalise(embeddings) - self.centre)
+        similarity = queries @ self.index.T
+        nearest = _nearest(similarity, min(self.neighbours, similarity.shape[1]))
+        votes = np.clip(np.take_along_axis(similarity, nearest, axis=1), 1e-6, None).astype(np.float64)
+        weights = np.zeros((queries.shape[0], len(self.datasets)))
+        np.add.at(weights, (np.repeat(np.arange(queries.shape[0]), nearest.shape[1]),
+                            self.index_datasets[nearest].ravel()), votes.ravel())
+        return weights / weights.sum(axis=1, keepdims=True)
+
+    def model_scores(self, embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
+        weights = self.dataset_weights(embeddings)
+        cluster = self.clustering.assign(embeddings) if self.clustering is not None else \
+            np.zeros(weights.shape[0], dtype=np.intp)
+        return np.einsum("nd,dnm->nm", weights, self.estimates[:, cluster, :])
+
+
+# --- the registry ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """What every router is fitted on: the train queries' embeddings, scores and datasets."""
+
+    embeddings: NDArray[np.float32]  # (n, dim)
+    scores: NDArray[np.float64]  # (n, models), NaN where a model was not evaluated
+    datasets: NDArray[np.str_]  # (n,)
+
+
+Fit = Callable[..., Router]
+
+
+@dataclass(frozen=True)
+class RouterDefinition:
+    name: str
+    label: str
+    parameters: Mapping[str, Any]  # name -> default
+    fit: Fit  # fit(train, models, clusterings, **parameters) -> Router
+    uses_clusters: Callable[[Mapping[str, Any]], bool] = field(default=lambda params: True)
+
+    def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The definition's defaults overridden by ``params``; unknown names are refused."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.parameters))
+        if unknown:
+            raise ValueError(f"router {self.name!r} has no parameter {', '.join(unknown)}; "
+                             f"it takes {', '.join(sorted(self.parameters))}")
+        return {**self.parameters, **params}
+
+
+ROUTERS: dict[str, RouterDefinition] = {}
+
+
+class Clusterings:
+    """Fitted clusterings of one train set by (method, k, seed), so that routers fitted together share them."""
+
+    def __init__(self, embeddings: NDArray[np.floating]) -> None:
+        self.embeddings = embeddings
+        self._fitted: dict[tuple[str, int, int], Clustering] = {}
+
+    def get(self, method: str, k: int, seed: int) -> Clustering:
+        from routing.core.clustering import fit_clusters
+
+        key = (method, int(k), int(seed))
+        if key not in self._fitted:
+            self._fitted[key] = fit_clusters(self.embeddings, k=int(k), method=method, seed=int(seed))
+        return self._fitted[key]
+
+
+def register_router(name: str, label: str, *, uses_clusters: Callable[[Mapping[str, Any]], bool] | None = None,
+                    **parameters: Any) -> Callable[[Fit], Fit]:
+    def decorator(fit: Fit) -> Fit:
+        if name in ROUTERS:
+            raise ValueError(f"router {name!r} is already registered")
+        ROUTERS[name] = RouterDefinition(name, label, dict(parameters), fit,
+                                         uses_clusters or (lambda params: True))
+        return fit
+
+    return decorator
+
+
+def get_router(name: str) -> RouterDefinition:
+    if name not in ROUTERS:
+        raise ValueError(f"unknown router {name!r}; known: {', '.join(sorted(ROUTERS))}")
+    return ROUTERS[name]
+
+
+def fit_router(name: str, train: TrainData, models: Sequence[str], params: Mapping[str, Any] | None = None,
+               clusterings: Clusterings | None = None) -> Router:
+    """Fit the named router with its defaults overridden by ``params``."""
+    definition = get_router(name)
+    return definition.fit(train, tuple(models), clusterings or Clusterings(train.embeddings),
+                          **definition.resolve(params))
+
+
+_CLUSTERED = {"k": 64, "method": "kmeans", "seed": 42}
+
+
+@register_router("cluster", "nearest cluster, its models by shrunk profile (the paper)", shrinkage=0.0,
+                 neighbours=1, **_CLUSTERED)
+def _fit_cluster(train: TrainData, models: tuple[str, ...], clusterings: Clusterings, *, k: int, method: str,
+                 seed: int, shrinkage: float, neighbours: int) -> ClusterRouter:
+    clustering = clusterings.get(method, k, seed)
+    profiles = build_profiles(clustering.assign(train.embeddings), train.scores, k=clustering.k, models=models,
+                              shrinkage=shrinkage, centroids=clustering.centroids, neighbours=neighbours)
+    return ClusterRouter(clustering, profiles)
+
+
+@register_router("soft", "nearest clusters weighted by similarity", shrinkage=0.0, soft_neighbours=3,
+                 temperature=0.05, **_CLUSTERED)
+def _fit_soft(train: TrainData, models: tuple[str, ...], clusterings: Clusterings, *, k: int, method: str,
+              seed: int, shrinkage: float, soft_neighbours: int, temperature: float) -> SoftClusterRouter:
+    hard = _fit_cluster(train, models, clusterings, k=k, method=method, seed=seed, shrinkage=shrinkage, neighbours=1)
+    return SoftClusterRouter(hard.clustering, hard.profiles, soft_neighbours, temperature)
+
+
+@register_router("knn", "nearest train queries", uses_clusters=lambda params: False, knn_k=20)
+def _fit_knn(train: TrainData, models: tuple[str, ...], clusterings: Clusterings, *, knn_k: int) -> KnnRouter:
+    return KnnRouter.fit(train.embeddings, train.scores, models, k=knn_k)
+
+
+@register_router("dataset", "the datasets a query resembles, refined by its cluster in each",
+                 uses_clusters=lambda params: not math.isinf(float(params["shrinkage"])),
+                 shrinkage=math.inf, neighbours=10, **_CLUSTERED)
+def _fit_dataset(train: TrainData, models: tuple[str, ...], clusterings: Clusterings, *, k: int, method: str,
+                 seed: int, shrinkage: float, neighbours: int) -> DatasetRouter:
+    clustering = None if math.isinf(float(shrinkage)) else clusterings.get(method, k, seed)
+    return DatasetRouter.fit(train.embeddings, train.scores, train.datasets.tolist(), models,
+                             clustering=clustering, shrinkage=float(shrinkage), neighbours=neighbours)

@@ -78,3 +78,82 @@ def test_routing_beats_a_single_model_when_topics_favour_different_models() -> N
     assert reports["avengers"].in_distribution > reports["best_single"].in_distribution + 20
     assert reports["oracle"].in_distribution >= reports["avengers"].in_distribution
     assert reports["random"].in_distribution < reports["avengers"].in_distribution
+
+
+# --- the router chosen on train, and the protocol over seeds ------------------------------------------------
+
+import math  # noqa: E402
+from dataclasses import fields  # noqa: E402
+
+import pytest  # noqa: E402
+
+from routing.core.evaluation import (  # noqa: E402
+    DEFAULT_CANDIDATES,
+    RouterSpec,
+    choose_router,
+    headline,
+    run_protocol,
+)
+
+
+def topics(n: int, rng: np.random.Generator) -> Split:
+    """Three datasets on three axes; model i is best on dataset i, and within dataset 0 the sign of the second
+    coordinate decides between models 0 and 1."""
+    which = rng.integers(0, 3, size=n)
+    x = np.eye(3, 12)[which] * 3 + rng.normal(scale=0.4, size=(n, 12))
+    good = np.eye(3)[which] * 0.6 + 0.2
+    scores = (rng.random((n, 3)) < good).astype(float)
+    return Split(x.astype(np.float32), scores, np.array(["d0", "d1", "d2"])[which].astype(np.str_))
+
+
+def test_the_chosen_router_is_the_first_candidate_within_one_standard_error_of_the_best() -> None:
+    a, b, c = RouterSpec("dataset"), RouterSpec("dataset", {"shrinkage": 8.0}), RouterSpec("cluster")
+    # The best is b (61.0); the standard error of its folds is 0.58, so the bar is 60.42.
+    cv = {a.label: [60.5, 60.5, 60.5, 60.5], b.label: [60.0, 62.0, 60.0, 62.0], c.label: [59.0, 59.0, 59.0, 59.0]}
+    assert choose_router([a, b, c], cv) == a
+    cv[a.label] = [60.3, 60.3, 60.3, 60.3]
+    assert choose_router([a, b, c], cv) == b
+
+
+def test_a_router_spec_checks_its_parameters_and_writes_infinity_as_text() -> None:
+    with pytest.raises(ValueError, match="no parameter"):
+        RouterSpec("cluster", {"temperature": 1.0})
+    spec = RouterSpec("dataset", {"shrinkage": math.inf, "k": 16, "seed": 3})
+    assert spec.label == "dataset(shrinkage=inf)"  # K and the seed play no part without clusters
+    assert RouterSpec("dataset", {"shrinkage": 8.0, "k": 16}).label == "dataset(k=16, shrinkage=8)"
+    assert spec.jsonable()["params"]["shrinkage"] == "inf"
+    assert [c.name for c in DEFAULT_CANDIDATES][0] == "dataset" and DEFAULT_CANDIDATES[0].params["shrinkage"] == math.inf
+
+
+def test_the_test_lines_change_neither_the_chosen_router_nor_any_fitted_router() -> None:
+    rng = np.random.default_rng(5)
+    train, test = topics(300, rng), topics(120, rng)
+    candidates = [RouterSpec(c.name, {**c.params, "k": 6} if "k" in c.resolved() else c.params)
+                  for c in DEFAULT_CANDIDATES]
+    compare = {"paper": RouterSpec("cluster", {"k": 6}), "knn": RouterSpec("knn")}
+    first = run_protocol(train, test, ["m0", "m1", "m2"], seed=42, candidates=candidates, compare=compare)
+    flipped = Split(test.embeddings, 1.0 - test.scores, test.datasets)
+    second = run_protocol(train, flipped, ["m0", "m1", "m2"], seed=42, candidates=candidates, compare=compare)
+    assert first.chosen == second.chosen and first.cv == second.cv
+    assert set(first.routers) == {"avengers", "paper", "knn"}
+    for name, router in first.routers.items():
+        other = second.routers[name]
+        for f in fields(router):
+            a, b = getattr(router, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray):
+                assert np.array_equal(a, b, equal_nan=True), (name, f.name)
+            elif f.name not in ("clustering", "profiles"):
+                assert a == b, (name, f.name)
+    # The test scores did change what was measured, so the comparison above could have failed.
+    assert first.reports["oracle"].in_distribution != second.reports["oracle"].in_distribution
+    assert first.reports["avengers"].in_distribution > first.reports["best_single"].in_distribution
+
+
+def test_headline_numbers_follow_their_definitions() -> None:
+    from routing.core.evaluation import Report
+
+    reports = {"avengers": Report({}, 70.0, None), "best_single": Report({}, 60.0, None),
+               "best_per_dataset": Report({}, 65.0, None), "oracle": Report({}, 80.0, None)}
+    row = headline(reports)["avengers"]
+    assert row == {"accuracy": 70.0, "imp_max": 5.0, "gap_closed": 0.5, "oracle_gap": 10.0 / 80.0}
+    assert headline(reports, "out_of_distribution") == {}

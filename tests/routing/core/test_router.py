@@ -58,3 +58,77 @@ def test_routing_is_deterministic() -> None:
     router = make_router(scores, labels, ["a", "b", "c", "d"])
     queries = rng.normal(size=(30, 2))
     assert np.array_equal(choose(router, queries, 4), choose(router, queries, 4))
+
+
+# --- the dataset router and the registry --------------------------------------------------------------------
+
+import math  # noqa: E402
+
+import pytest  # noqa: E402
+
+from routing.core.router import ROUTERS, Clusterings, DatasetRouter, TrainData, fit_router, get_router  # noqa: E402
+
+
+def two_datasets(n: int = 40, seed: int = 0) -> TrainData:
+    """Dataset "p" near axis 0, where model 0 wins; dataset "q" near axis 1, where model 1 wins."""
+    rng = np.random.default_rng(seed)
+    which = np.arange(n) % 2
+    x = np.eye(2, 8)[which] * 3 + rng.normal(scale=0.3, size=(n, 8))
+    scores = np.where(which[:, None] == np.array([[0, 1]]), 1.0, 0.0)
+    return TrainData(x.astype(np.float32), scores, np.where(which == 0, "p", "q").astype(np.str_))
+
+
+def test_the_dataset_router_weighs_datasets_by_the_nearest_train_queries() -> None:
+    train = two_datasets()
+    router = DatasetRouter.fit(train.embeddings, train.scores, train.datasets.tolist(), ("a", "b"),
+                               clustering=None, shrinkage=math.inf, neighbours=5)
+    assert router.datasets == ("p", "q") and router.clustering is None
+    assert router.dataset_means.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    queries = np.eye(2, 8, dtype=np.float32) * 3
+    weights = router.dataset_weights(queries)
+    assert np.allclose(weights.sum(axis=1), 1.0)
+    assert weights[0, 0] > 0.99 and weights[1, 1] > 0.99
+    assert choose(router, queries)[:, 0].tolist() == [0, 1]
+
+
+def test_the_dataset_router_refines_by_cluster_within_a_dataset_and_shrinks_toward_the_dataset_mean() -> None:
+    # One dataset, two clusters: model "a" is right in cluster 0, "b" in cluster 1.
+    x = np.array([[1, 0]] * 4 + [[0, 1]] * 4, dtype=np.float32)
+    scores = np.array([[1, 0]] * 4 + [[0, 1]] * 4, dtype=float)
+    clustering = Clustering("kmeans", 2, 0, CENTROIDS)
+    refined = DatasetRouter.fit(x, scores, ["d"] * 8, ("a", "b"), clustering=clustering, shrinkage=4.0)
+    # (4 * 1 + 4 * 0.5) / (4 + 4) = 0.75 for the cluster's winner, 0.25 for the other.
+    assert np.allclose(refined.model_scores(np.array([[1.0, 0.0]])), [[0.75, 0.25]])
+    assert choose(refined, np.array([[0.0, 1.0]]))[0, 0] == 1
+    plain = DatasetRouter.fit(x, scores, ["d"] * 8, ("a", "b"), clustering=clustering, shrinkage=math.inf)
+    assert np.allclose(plain.model_scores(np.array([[1.0, 0.0]])), [[0.5, 0.5]])
+
+
+def test_the_dataset_router_refuses_inconsistent_input() -> None:
+    with pytest.raises(ValueError, match="same train queries"):
+        DatasetRouter.fit(np.ones((3, 2)), np.ones((2, 2)), ["a"] * 3, ("m", "n"), clustering=None, shrinkage=1.0)
+    with pytest.raises(ValueError, match="shrinkage"):
+        DatasetRouter.fit(np.ones((2, 2)), np.ones((2, 2)), ["a"] * 2, ("m", "n"), clustering=None, shrinkage=-1.0)
+
+
+def test_every_registered_router_fits_and_scores_every_model() -> None:
+    train = two_datasets()
+    assert {"cluster", "soft", "knn", "dataset"} <= set(ROUTERS)
+    clusterings = Clusterings(train.embeddings)
+    for name in ROUTERS:
+        router = fit_router(name, train, ("a", "b"), {"k": 2} if "k" in ROUTERS[name].parameters else {}, clusterings)
+        scores = router.model_scores(np.eye(2, 8, dtype=np.float32) * 3)
+        assert scores.shape == (2, 2) and np.isfinite(scores).all(), name
+        assert choose(router, np.eye(2, 8, dtype=np.float32) * 3)[:, 0].tolist() == [0, 1], name
+    # Routers fitted together share one clustering per (method, k, seed).
+    assert clusterings.get("kmeans", 2, 42) is clusterings.get("kmeans", 2, 42)
+
+
+def test_the_registry_refuses_unknown_routers_and_parameters() -> None:
+    with pytest.raises(ValueError, match="unknown router 'nope'"):
+        get_router("nope")
+    with pytest.raises(ValueError, match="has no parameter bogus"):
+        fit_router("dataset", two_datasets(), ("a", "b"), {"bogus": 1})
+    assert get_router("dataset").resolve({"shrinkage": 8.0})["shrinkage"] == 8.0
+    assert not get_router("dataset").uses_clusters(get_router("dataset").resolve())
+    assert get_router("dataset").uses_clusters(get_router("dataset").resolve({"shrinkage": 8.0}))
