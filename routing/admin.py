@@ -35,11 +35,18 @@ class EmbeddingJobAdmin(admin.ModelAdmin):
 
 @admin.register(RouterSnapshot)
 class RouterSnapshotAdmin(admin.ModelAdmin):
-    list_display = ["version", "label", "kind", "status", "embedder", "method", "k", "is_active", "created_at"]
-    list_filter = ["status", "kind", "is_active", "method", "embedder"]
+    list_display = ["version", "label", "kind", "status", "embedder", "method", "k", "router", "routes_with",
+                    "is_active", "created_at"]
+    list_filter = ["status", "kind", "is_active", "method", "embedder", "router"]
+    # The router a snapshot was built with is what it serves: shown, never edited here.
+    readonly_fields = ["router", "router_params", "router_chosen", "router_cv"]
     search_fields = ["label", "message"]
     raw_id_fields = ["parent"]
     filter_horizontal = ["datasets", "pool", "evaluation_runs"]
+
+    @admin.display(description="routes with")
+    def routes_with(self, snapshot: RouterSnapshot) -> str:
+        return (snapshot.router_chosen or {}).get("label", "")
 
 
 @admin.register(SnapshotCluster)

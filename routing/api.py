@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 from avengers_web.api import Pagination
 from evaluation import selectors as evaluation_selectors
 from routing import selectors, services
+from routing.core.router import ROUTERS
 from routing.models import EmbeddingJob, RouterSnapshot, SnapshotProfile
 
 
@@ -41,7 +42,8 @@ class SnapshotOutput(serializers.ModelSerializer):
         fields = ["id", "version", "label", "kind", "parent", "embedder", "method", "k", "seed", "shrinkage_setting",
                   "shrinkage", "datasets", "pool", "team_size", "team", "team_chosen_by_hand", "rank_scores",
                   "first_places", "status", "stage", "progress_done", "progress_total", "message", "timings",
-                  "n_train", "n_test", "is_active", "created_by", "created_at", "finished_at"]
+                  "n_train", "n_test", "is_active", "created_by", "created_at", "finished_at", "router",
+                  "router_params", "router_chosen", "router_cv"]
 
     @extend_schema_field(serializers.ListField(child=serializers.CharField()))
     def get_datasets(self, snapshot: RouterSnapshot) -> list[str]:
@@ -65,6 +67,12 @@ class SnapshotCreateInput(serializers.Serializer):
     team = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True,
                                  help_text="Choose the team by hand instead (model names of the pool).")
     label = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    router = serializers.CharField(default="auto", max_length=40,
+                                   help_text='"auto" (chosen by 5-fold CV on train among the default candidates) or '
+                                             'a registered router: ' + ", ".join(ROUTERS) + ".")
+    router_params = serializers.DictField(required=False, default=dict,
+                                          help_text='Parameters of a named router, e.g. {"shrinkage": 16}; '
+                                                    'infinity as "inf".')
 
 
 def _datasets(values: list[str]) -> list[Any]:
@@ -103,6 +111,7 @@ class SnapshotListCreateApi(APIView):
                 datasets=_datasets(data["datasets"]), models=_models(data["models"]), embedder=data["embedder"],
                 method=data["method"], k=data["k"], seed=data["seed"], shrinkage=data["shrinkage"],
                 team_size=data.get("team_size"), team=data.get("team"), label=data["label"], user=request.user,
+                router=data["router"], router_params=data["router_params"],
             )
         except services.CalibrationError as exc:
             raise _calibration_error(exc) from None

@@ -131,7 +131,8 @@ _candidates = inline_serializer("RouteCandidate", {
 _decision = inline_serializer("RouteDecision", {
     "id": serializers.CharField(),
     "snapshot": inline_serializer("RouteSnapshot", {"id": serializers.IntegerField(),
-                                                    "version": serializers.IntegerField()}),
+                                                    "version": serializers.IntegerField(),
+                                                    "router": serializers.CharField()}),
     "cluster": serializers.IntegerField(), "similarity": serializers.FloatField(),
     "category": serializers.CharField(), "task_type": serializers.CharField(),
     "runner_ups": inline_serializer("RunnerUp", {"cluster": serializers.IntegerField(),

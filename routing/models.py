@@ -70,6 +70,14 @@ class RouterSnapshot(models.Model):
     shrinkage_setting = models.CharField(max_length=20, default="auto", help_text='"auto" (5-fold CV on train) or a number.')
     shrinkage = models.FloatField(null=True, blank=True, help_text="The shrinkage used (pseudo-queries).")
     shrinkage_cv = models.JSONField(default=dict, blank=True)
+    router = models.CharField(max_length=40, default="auto",
+                              help_text='"auto" (chosen by 5-fold CV on train among the default candidates) or the '
+                                        'name of a registered router (routing.core.router.ROUTERS).')
+    router_params = models.JSONField(default=dict, blank=True, help_text="Parameters of a named router.")
+    router_chosen = models.JSONField(default=dict, blank=True,
+                                     help_text="The router the snapshot routes with: name, parameters, label.")
+    router_cv = models.JSONField(default=dict, blank=True,
+                                 help_text="Candidate label -> CV accuracy per fold on train (router auto).")
     datasets = models.ManyToManyField(Dataset, related_name="snapshots")
     pool = models.ManyToManyField(LanguageModel, related_name="snapshots", help_text="The models profiled.")
     team_size = models.PositiveIntegerField(null=True, blank=True, help_text="M of the automatic selection.")

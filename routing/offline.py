@@ -36,16 +36,16 @@ from routing.core.clustering import CLUSTERING_METHODS
 from routing.core.embedding import DEFAULT_EMBEDDER
 from routing.core.evaluation import (
     BASELINES,
-    DEFAULT_CANDIDATES,
+    COMPARED,
     SEEDS,
     RouterConfig,
-    RouterSpec,
     Split,
     choose_shrinkage,
     cross_validate,
     fit_cluster_router,
     headline,
     route_scores,
+    router_candidates,
     run_protocol,
     summarise,
 )
@@ -53,8 +53,6 @@ from routing.core.router import ROUTERS
 
 DEFAULT_K = 64
 DEFAULT_SEED = 42
-# Columns the evaluator scores beside the default router: the paper's recipe and the other registered routers.
-COMPARE: dict[str, RouterSpec] = {"paper": RouterSpec("cluster"), "soft": RouterSpec("soft"), "knn": RouterSpec("knn")}
 
 
 class Progress:
@@ -161,17 +159,8 @@ def command_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     vectors, embed_seconds = embed_all([r.query for r in records], args.embedder, args.cache)
     scores = np.asarray([[r.scores.get(m, np.nan) for m in models] for r in records], dtype=np.float64)
     datasets = np.asarray([r.dataset or "" for r in records], dtype=np.str_)
-    clustered = {"k": args.k, "method": args.method}
-
-    def with_clusters(spec: RouterSpec) -> RouterSpec:
-        own = ROUTERS[spec.name].parameters
-        return RouterSpec(spec.name, {**{k: v for k, v in clustered.items() if k in own}, **spec.params})
-
-    if args.router == "auto":
-        candidates = [with_clusters(c) for c in DEFAULT_CANDIDATES]
-    else:
-        candidates = [with_clusters(RouterSpec(args.router, args.set))]
-    compare = {name: with_clusters(spec) for name, spec in COMPARE.items()}
+    candidates = router_candidates(args.router, args.set, k=args.k, method=args.method)
+    compare = {name: spec.configured(k=args.k, method=args.method) for name, spec in COMPARED.items()}
     runs = []
     bar = Progress(f"{len(args.seeds)} seed(s), the router chosen by 5-fold CV on train")
     for i, seed in enumerate(args.seeds):
@@ -244,7 +233,7 @@ def summarise_runs(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any]) -> None:
     summary = result["summary"]
-    methods = [m for m in ("avengers", *COMPARE, *BASELINES) if m in summary]
+    methods = [m for m in ("avengers", *COMPARED, *BASELINES) if m in summary]
     datasets = sorted({d for m in summary.values() for d in m["per_dataset"]})
     width = max(12, *(len(d) for d in datasets))
     seeds = len(result["runs"])
@@ -439,11 +428,10 @@ def check_evaluate_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         params[name.strip()] = parse_value(value.strip())
     if params and args.router == "auto":
         parser.error("--set needs --router NAME (the default router's candidates are fixed)")
-    if args.router != "auto":
-        try:
-            ROUTERS[args.router].resolve(params)
-        except ValueError as exc:
-            parser.error(str(exc))
+    try:
+        router_candidates(args.router, params)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.set = params
     if args.method not in CLUSTERING_METHODS:
         parser.error(f"--method must be one of {', '.join(sorted(CLUSTERING_METHODS))}, got {args.method!r}")

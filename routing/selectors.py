@@ -20,6 +20,8 @@ from routing.models import (
 # The held-out methods in the order the tables show them, with the names people read.
 HELDOUT_METHODS: tuple[tuple[str, str], ...] = (
     ("avengers", "Avengers"),
+    ("paper", "Paper (cluster means)"),
+    ("soft", "Soft clusters"),
     ("avengers_soft", "Avengers (soft)"),
     ("knn", "kNN"),
     ("best_single", "Best single"),
@@ -201,6 +203,7 @@ def _config_values(snapshot: RouterSnapshot) -> dict[str, str]:
         "K (clusters)": str(snapshot.k),
         "Seed": str(snapshot.seed),
         "Shrinkage": f"{shrinkage} ({snapshot.shrinkage_setting})",
+        "Router": router_label(snapshot),
         "Datasets": ", ".join(d.name for d in snapshot.datasets.all()) or "–",
         "Pool": ", ".join(snapshot.pool.order_by("name").values_list("name", flat=True)) or "–",
         "Team": ", ".join(snapshot.team) or "–",
@@ -470,6 +473,25 @@ def model_profile(model: LanguageModel, snapshot: RouterSnapshot) -> ModelProfil
     return ModelProfile(snapshot=snapshot, bars=bars, first_places=firsts,
                         rank_score=(snapshot.rank_scores or {}).get(model.name),
                         in_team=model.name in snapshot.team, n_models=n_models)
+
+
+def router_label(snapshot: RouterSnapshot) -> str:
+    """What the snapshot routes with, and how it was chosen: "dataset(shrinkage=inf) (auto)"."""
+    chosen = (snapshot.router_chosen or {}).get("label")
+    if not chosen:
+        return "cluster profiles (built before routers were chosen)" if snapshot.is_finished else \
+            f"{snapshot.router} (chosen when built)"
+    return f"{chosen} ({'chosen by CV' if snapshot.router == 'auto' else 'set'})"
+
+
+def snapshot_router_cv(snapshot: RouterSnapshot) -> list[tuple[str, float, bool]]:
+    """Each candidate's mean CV in-distribution accuracy (%) on train: (label, accuracy, chosen), in order tried."""
+    chosen = (snapshot.router_chosen or {}).get("label")
+    rows = []
+    for label, folds in (snapshot.router_cv or {}).items():
+        if isinstance(folds, list) and folds and all(isinstance(v, (int, float)) for v in folds):
+            rows.append((str(label), float(sum(folds) / len(folds)), label == chosen))
+    return rows
 
 
 def snapshot_shrinkage_cv(snapshot: RouterSnapshot) -> list[tuple[float, float, bool]]:

@@ -7,16 +7,21 @@ How a snapshot is built (``snapshot_build``, a Celery task, resumable because ev
 3. Read the (queries x models) score matrix: each model's mean graded score per query, NaN where missing.
 4. Cluster the train embeddings (or, for a new model, take the parent's clusters as they are), choose the
    shrinkage (5-fold CV on train when "auto"), build the capability profiles, pick the team by rank score.
-5. Evaluate on the test split offline (the scores stored), as `python -m routing.offline evaluate` does.
+5. Choose the router it routes with (``router`` "auto": 5-fold CV on train among the default candidates,
+   ``routing.core.evaluation.DEFAULT_CANDIDATES``; or the router named), and evaluate it, the compared routers
+   and the baselines on the test split (the scores stored) with the same functions as
+   `python -m routing.offline evaluate`. The routing service fits the chosen router again from what is stored
+   (``snapshot_router``), so live routing is the router measured here.
 6. Lay out a 2-D map and a cluster order, then write everything in one transaction: a failure part-way
    leaves the snapshot "failed" with nothing half-written.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -34,9 +39,20 @@ from evaluation import engine
 from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
 from routing.core.clustering import CLUSTERING_METHODS, Clustering, fit_clusters
 from routing.core.embedding import EMBEDDERS, CachedEmbedder, Embedder, EmbeddingCache, get_embedder
-from routing.core.evaluation import RouterConfig, Split, choose_shrinkage, cross_validate, evaluate
+from routing.core.evaluation import (
+    COMPARED,
+    RouterConfig,
+    RouterSpec,
+    Split,
+    choose_shrinkage,
+    cross_validate,
+    router_candidates,
+    run_protocol,
+    select_router,
+)
 from routing.core.layout import order_clusters, project_2d
 from routing.core.profiles import build_profiles, first_places, rank_scores, select_models
+from routing.core.router import ROUTERS, Clusterings, Router, fit_router
 from routing.models import (
     EmbeddingJob,
     RouterSnapshot,
@@ -169,6 +185,28 @@ def score_matrix(query_ids: Sequence[int], model_ids: Sequence[int]) -> NDArray[
     return matrix
 
 
+def snapshot_router(snapshot: RouterSnapshot) -> Router | None:
+    """Fit the snapshot's chosen router again from what the snapshot stored, exactly as its build did.
+
+    The build fitted it on the snapshot's train queries (their vectors in pgvector, their scores) with the
+    snapshot's own clusters; fitting is deterministic, so the routing service gets the same router. None for
+    a snapshot built before routers were chosen: it routes with its stored per-cluster profiles.
+    """
+    if not snapshot.router_chosen:
+        return None
+    spec = RouterSpec.from_json(snapshot.router_chosen)
+    train_ids = list(snapshot.assignments.order_by("query_id").values_list("query_id", flat=True))
+    pool = sorted(snapshot.pool.all(), key=lambda m: m.name)
+    names_of = dict(Query.objects.filter(id__in=train_ids).values_list("id", "dataset__name"))
+    train = Split(embeddings_of(train_ids, snapshot.embedder), score_matrix(train_ids, [m.pk for m in pool]),
+                  np.asarray([names_of[q] for q in train_ids], dtype=np.str_))
+    rows = list(snapshot.clusters.order_by("index").values_list("centroid", flat=True))
+    clusterings = Clusterings(train.embeddings)
+    clusterings.put(Clustering(method=snapshot.method, k=len(rows), seed=snapshot.seed,
+                               centroids=np.asarray(rows, dtype=np.float32)))
+    return fit_router(spec.name, train, [m.name for m in pool], spec.params, clusterings)
+
+
 def _split_ids(datasets: Sequence[Dataset], split: str) -> list[int]:
     return list(Query.objects.filter(dataset__in=datasets, split=split).order_by("id").values_list("id", flat=True))
 
@@ -211,10 +249,13 @@ def snapshot_create(
     queue: bool = True,
     kind: str = RouterSnapshot.Kind.BUILT,
     parent: RouterSnapshot | None = None,
+    router: str = "auto",
+    router_params: Mapping[str, Any] | None = None,
 ) -> RouterSnapshot:
     """Create a snapshot and queue its build; raise CalibrationError naming the bad input and create nothing.
 
-    ``embedder`` defaults to AVENGERS_EMBEDDER."""
+    ``embedder`` defaults to AVENGERS_EMBEDDER. ``router`` is "auto" (the default router, chosen at build time
+    by CV on train) or a registered router's name, with ``router_params`` overriding its defaults."""
     embedder = embedder or settings.EMBEDDER
     _check_embedder(embedder)
     if method not in CLUSTERING_METHODS:
@@ -225,6 +266,7 @@ def snapshot_create(
         raise CalibrationError("models", "choose at least one model")
     if k < 1:
         raise CalibrationError("k", "must be at least 1")
+    router_params = _check_router(router, router_params)
     shrinkage_setting = _parse_shrinkage(shrinkage)
     names = [m.name for m in models]
     if team is not None:
@@ -240,7 +282,8 @@ def snapshot_create(
         snapshot = RouterSnapshot.objects.create(
             version=_next_version(), label=label, kind=kind, parent=parent, embedder=embedder, method=method, k=k,
             seed=seed, shrinkage_setting=shrinkage_setting, team_size=team_size, team=list(team or []),
-            team_chosen_by_hand=team is not None, created_by=owner_of(user),
+            team_chosen_by_hand=team is not None, created_by=owner_of(user), router=router,
+            router_params=router_params,
         )
         snapshot.datasets.set(datasets)
         snapshot.pool.set(models)
@@ -249,6 +292,24 @@ def snapshot_create(
     activity_record(actor=user, verb="started a router snapshot", target=f"v{snapshot.version} ({snapshot.get_kind_display()})",
                     url=_snapshot_url(snapshot))
     return snapshot
+
+
+def _check_router(router: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a router setting; return its parameters as stored (JSON: infinity as "inf")."""
+    if not isinstance(router, str) or (router != "auto" and router not in ROUTERS):
+        raise CalibrationError("router", f"unknown router {router!r}; use auto or one of {', '.join(ROUTERS)}")
+    if params is not None and not isinstance(params, Mapping):
+        raise CalibrationError("router_params", "must be an object of parameter names and values")
+    params = dict(params or {})
+    if router == "auto" and params:
+        raise CalibrationError("router_params", "parameters need a named router; auto chooses among fixed candidates")
+    if router == "auto":
+        return {}
+    try:
+        spec = RouterSpec.from_json({"router": router, "params": params})
+    except ValueError as exc:
+        raise CalibrationError("router_params", str(exc)) from None
+    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in spec.params.items()}
 
 
 def _snapshot_url(snapshot: RouterSnapshot) -> str:
@@ -316,7 +377,8 @@ def snapshot_add_model(*, snapshot: RouterSnapshot, model: LanguageModel, user: 
             datasets=datasets, models=[*pool, model], embedder=snapshot.embedder, method=snapshot.method,
             k=snapshot.k, seed=snapshot.seed, shrinkage=snapshot.shrinkage if snapshot.shrinkage is not None else "auto",
             team_size=snapshot.team_size, team=team, label=f"v{snapshot.version} + {model.name}", user=user,
-            queue=queue, kind=RouterSnapshot.Kind.ADD_MODEL, parent=snapshot,
+            queue=queue, kind=RouterSnapshot.Kind.ADD_MODEL, parent=snapshot, router=snapshot.router if snapshot.router_chosen else "auto",
+            router_params=snapshot.router_params if snapshot.router_chosen else {},
         )
         if evaluate_missing:
             _evaluate_missing(derived, [model], datasets, user)
@@ -340,7 +402,8 @@ def snapshot_add_dataset(*, snapshot: RouterSnapshot, dataset: Dataset, user: Us
             k=snapshot.k, seed=snapshot.seed, shrinkage=snapshot.shrinkage_setting, team_size=snapshot.team_size,
             team=snapshot.team if snapshot.team_chosen_by_hand else None,
             label=f"v{snapshot.version} + {dataset.name}", user=user, queue=queue,
-            kind=RouterSnapshot.Kind.ADD_DATASET, parent=snapshot,
+            kind=RouterSnapshot.Kind.ADD_DATASET, parent=snapshot, router=snapshot.router if snapshot.router_chosen else "auto",
+            router_params=snapshot.router_params if snapshot.router_chosen else {},
         )
         _evaluate_missing(derived, pool, [dataset], user)
     return derived
@@ -456,13 +519,26 @@ def _build(snapshot: RouterSnapshot, progress: _Progress, embedder_factory: Embe
     timings["profiling_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
+    clusterings = Clusterings(train.embeddings)
+    clusterings.put(clustering)  # the snapshot's own clusters (a parent's, when a model was added)
+    stored = RouterSpec.from_json({"router": snapshot.router, "params": snapshot.router_params}).params \
+        if snapshot.router != "auto" else {}
+    candidates = router_candidates(snapshot.router, stored, k=snapshot.k, method=snapshot.method)
+    if len(candidates) > 1:
+        progress.stage("choosing the router (5-fold CV)", 5)
+    chosen, router_cv = select_router(train, names, candidates, seed=snapshot.seed, progress=progress)
+    timings["router_s"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
     heldout: dict[str, Any] = {}
     if test_ids:
         progress.stage("held-out evaluation")
-        reports = evaluate(train, test, names, config)
-        heldout = {"test_queries": len(test_ids), "methods": {
+        compare = {name: spec.configured(k=snapshot.k, method=snapshot.method) for name, spec in COMPARED.items()}
+        result = run_protocol(train, test, names, seed=snapshot.seed, candidates=[chosen], compare=compare,
+                              clusterings=clusterings)
+        heldout = {"test_queries": len(test_ids), "router": chosen.label, "methods": {
             name: {"per_dataset": r.per_dataset, "in_distribution": r.in_distribution,
-                   "out_of_distribution": r.out_of_distribution} for name, r in reports.items()}}
+                   "out_of_distribution": r.out_of_distribution} for name, r in result.reports.items()}}
     timings["heldout_s"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -481,8 +557,11 @@ def _build(snapshot: RouterSnapshot, progress: _Progress, embedder_factory: Embe
         status=RouterSnapshot.Status.DONE, stage="", finished_at=timezone.now(), shrinkage=shrinkage,
         shrinkage_cv=cv, team=team, rank_scores={n: float(s) for n, s in zip(names, scores)},
         first_places=first_places(profiles), heldout=heldout, n_train=len(train_ids), n_test=len(test_ids),
+        router_chosen=chosen.jsonable(), router_cv={label: [round(v, 3) for v in values]
+                                                     for label, values in router_cv.items()},
         timings={k: round(v, 3) for k, v in timings.items()},
-        message=f"{len(train_ids)} train queries in {clustering.k} clusters; {len(names)} models profiled",
+        message=f"{len(train_ids)} train queries in {clustering.k} clusters; {len(names)} models profiled; "
+                f"routes with {chosen.label}",
     )
     return "built"
 

@@ -100,9 +100,10 @@ class Served:
     version: int
     embedder: str
     table: RoutingTable
+    router: str = ""  # the label of the router the snapshot routes with
 
 
-_snapshot_meta: dict[int, tuple[int, str]] = {}
+_snapshot_meta: dict[int, tuple[int, str, str]] = {}
 
 
 def _served(snapshot_id: int | None) -> Served:
@@ -119,8 +120,8 @@ def _served(snapshot_id: int | None) -> Served:
                 table = _load_table(snapshot_id)
                 _tables[snapshot_id] = table
                 _keep_loaded()
-    version, embedder = _snapshot_meta[snapshot_id]
-    return Served(snapshot_id, version, embedder, table)
+    version, embedder, router = _snapshot_meta[snapshot_id]
+    return Served(snapshot_id, version, embedder, table, router)
 
 
 def _load_table(snapshot_id: int) -> RoutingTable:
@@ -156,13 +157,20 @@ def _load_table(snapshot_id: int) -> RoutingTable:
                                       .values_list("cluster", "query__task_type").annotate(n=Count("id"))):
         if task_type:
             task_types[cluster][task_type] += count
+    from routing.services import snapshot_router
+
+    router = snapshot_router(snapshot)
+    if router is not None and tuple(router.models) != tuple(names):
+        raise ServingError(409, "snapshot_incomplete", f"Snapshot v{snapshot.version}'s router and profiles cover "
+                                                       "different models.")
     table = RoutingTable(
-        centroids=np.asarray([c[1] for c in clusters], dtype=np.float32),
-        models=tuple(names), estimates=estimates, overall=overall, team=team,
+        centroids=np.asarray([c[1] for c in clusters], dtype=np.float32), router=router,
+        models=tuple(names), estimates=estimates, overall=overall if router is None else router.overall, team=team,
         categories=tuple(max(c[2].items(), key=lambda item: (item[1], item[0]))[0] if c[2] else "" for c in clusters),
         task_types=tuple(t.most_common(1)[0][0] if t else "" for t in task_types),
     )
-    _snapshot_meta[snapshot_id] = (snapshot.version, snapshot.embedder)
+    _snapshot_meta[snapshot_id] = (snapshot.version, snapshot.embedder,
+                                   (snapshot.router_chosen or {}).get("label", "cluster"))
     return table
 
 
@@ -457,7 +465,7 @@ def _decision_json(trace: _Trace, outcome: Outcome | None = None, *, task_type: 
     route = trace.route
     return {
         "id": trace.request_id,
-        "snapshot": {"id": trace.served.id, "version": trace.served.version},
+        "snapshot": {"id": trace.served.id, "version": trace.served.version, "router": trace.served.router},
         "cluster": route.cluster,
         "similarity": round(route.similarity, 6),
         "category": route.category,

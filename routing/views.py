@@ -18,6 +18,7 @@ from evaluation.models import Dataset, LanguageModel
 from routing import selectors, services
 from routing.core.clustering import CLUSTERING_METHODS
 from routing.core.embedding import EMBEDDERS
+from routing.core.router import ROUTERS
 from routing.models import EmbeddingJob, RouterSnapshot, SnapshotCluster
 
 PAGE_SIZE = 25
@@ -74,6 +75,8 @@ def snapshot_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "ranked": selectors.snapshot_rank_scores(snapshot), "pool": selectors.snapshot_pool(snapshot),
         "heldout": heldout, "heldout_chart": _heldout_chart(heldout),
         "shrinkage_cv": selectors.snapshot_shrinkage_cv(snapshot),
+        "router_cv": selectors.snapshot_router_cv(snapshot),
+        "router_label": selectors.router_label(snapshot),
         "activations": selectors.snapshot_activations(snapshot), "comparison": comparison,
         "choices": [s for s in selectors.snapshot_choices() if s.pk != snapshot.pk],
         "follow": _follow(snapshot),
@@ -182,6 +185,11 @@ class SnapshotForm(forms.Form):
     team = forms.ModelMultipleChoiceField(queryset=LanguageModel.objects.order_by("name"), required=False,
                                           label="Or choose the team by hand",
                                           widget=forms.SelectMultiple(attrs={"size": 5}))
+    router = forms.ChoiceField(
+        choices=[("auto", "auto: chosen by 5-fold CV on train")] + [(n, f"{n}: {d.label}") for n, d in ROUTERS.items()],
+        initial="auto", required=False,
+        help_text="The router the snapshot routes with; a named one uses its default parameters (the API takes "
+                  "router_params).")
     label = forms.CharField(required=False, max_length=200)
 
 
@@ -195,7 +203,7 @@ def snapshot_create(request: HttpRequest) -> HttpResponse:
                 datasets=list(data["datasets"]), models=list(data["models"]), k=data["k"], method=data["method"],
                 embedder=data["embedder"], seed=data["seed"], shrinkage=data["shrinkage"],
                 team_size=data["team_size"], team=[m.name for m in data["team"]] or None, label=data["label"],
-                user=request.user,
+                user=request.user, router=data["router"] or "auto",
             )
         except services.CalibrationError as exc:
             form.add_error(exc.field if exc.field in form.fields else None, exc.message)

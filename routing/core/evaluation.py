@@ -75,9 +75,25 @@ class RouterSpec:
     def resolved(self) -> dict[str, Any]:
         return get_router(self.name).resolve(self.params)
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RouterSpec:
+        """Read what ``jsonable`` wrote ("inf" back to infinity where the parameter is a number)."""
+        definition = get_router(str(data["router"]))
+        params = {}
+        for key, value in dict(data.get("params") or {}).items():
+            default = definition.parameters.get(key)
+            params[key] = math.inf if value == "inf" and isinstance(default, float) else value
+        return cls(definition.name, params)
+
     def jsonable(self) -> dict[str, Any]:
         return {"router": self.name, "params": {k: _json_value(v) for k, v in self.resolved().items()},
                 "label": self.label}
+
+
+    def configured(self, **values: Any) -> RouterSpec:
+        """This spec with ``values`` (e.g. k, method) set where the router takes them and the spec does not."""
+        own = get_router(self.name).parameters
+        return RouterSpec(self.name, {**{k: v for k, v in values.items() if k in own}, **self.params})
 
 
 def _text(value: Any) -> str:
@@ -201,6 +217,21 @@ def evaluate(train: Split, test: Split, models: Sequence[str], config: RouterCon
 # --- choosing the default router by cross-validation on train, and the protocol over seeds ----------------
 
 
+# Columns scored beside the chosen router, offline and in a snapshot's held-out results.
+COMPARED: dict[str, RouterSpec] = {"paper": RouterSpec("cluster"), "soft": RouterSpec("soft"),
+                                   "knn": RouterSpec("knn")}
+
+
+def router_candidates(router: str, params: Mapping[str, Any] | None = None, **clustering: Any) -> list[RouterSpec]:
+    """What a run chooses from: the default candidates for ``auto``, else the one named router with ``params``;
+    ``clustering`` (k, method) is applied where a candidate clusters. Raises ValueError naming what is wrong."""
+    if router == "auto":
+        if params:
+            raise ValueError("parameters need a named router; the default router's candidates are fixed")
+        return [c.configured(**clustering) for c in DEFAULT_CANDIDATES]
+    return [RouterSpec(router, dict(params or {})).configured(**clustering)]
+
+
 def cross_validate_routers(
     train: Split, models: Sequence[str], candidates: Sequence[RouterSpec], *, folds: int = 5, seed: int = 42,
     progress: Callable[[int, int], None] | None = None,
@@ -242,6 +273,21 @@ def choose_router(candidates: Sequence[RouterSpec], cv: Mapping[str, Sequence[fl
     return next(c for c in candidates if means[c.label] >= means[best.label] - se)
 
 
+def select_router(
+    train: Split, models: Sequence[str], candidates: Sequence[RouterSpec], *, seed: int, folds: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[RouterSpec, dict[str, list[float]]]:
+    """The router to use and its CV table: the only candidate as it is, else ``choose_router`` over CV on train.
+
+    Each candidate gets ``seed`` as its clustering seed unless it names one; the folds are drawn with it too.
+    """
+    seeded = [RouterSpec(c.name, _with_seed(c, seed)) for c in candidates]
+    if len(seeded) == 1:  # nothing to choose
+        return seeded[0], {}
+    cv = cross_validate_routers(train, models, seeded, folds=folds, seed=seed, progress=progress)
+    return choose_router(seeded, cv), cv
+
+
 @dataclass
 class SeedResult:
     """One run of the protocol: the router chosen on train, its CV table, and every method's test report."""
@@ -256,22 +302,18 @@ def run_protocol(
     train: Split, test: Split, models: Sequence[str], *, seed: int,
     candidates: Sequence[RouterSpec] = DEFAULT_CANDIDATES, compare: Mapping[str, RouterSpec] | None = None,
     top_n: int = 1, folds: int = 5, progress: Callable[[int, int], None] | None = None,
+    clusterings: Clusterings | None = None,
 ) -> SeedResult:
     """Choose the default router by CV on train, fit it and the routers of ``compare`` on train, test them all.
 
     ``avengers`` is the chosen router; ``compare`` adds columns (e.g. each candidate, the paper's recipe).
-    Every router is fitted with ``seed`` as its clustering seed.
+    Every router is fitted with ``seed`` as its clustering seed; ``clusterings`` may hold clusterings of train
+    to use as they are (a snapshot that adds a model keeps its parent's clusters).
     """
-    seeded = [RouterSpec(c.name, _with_seed(c, seed)) for c in candidates]
-    if len(seeded) == 1:  # nothing to choose
-        cv: dict[str, list[float]] = {}
-        chosen = seeded[0]
-    else:
-        cv = cross_validate_routers(train, models, seeded, folds=folds, seed=seed, progress=progress)
-        chosen = choose_router(seeded, cv)
+    chosen, cv = select_router(train, models, candidates, seed=seed, folds=folds, progress=progress)
     columns = {"avengers": chosen, **{name: RouterSpec(spec.name, _with_seed(spec, seed))
                                       for name, spec in (compare or {}).items()}}
-    clusterings = Clusterings(train.embeddings)
+    clusterings = clusterings or Clusterings(train.embeddings)
     routers = {name: fit_router(spec.name, train, models, spec.params, clusterings) for name, spec in columns.items()}
     values = {name: route_scores(router, test, top_n) for name, router in routers.items()}
     values.update(baseline_scores(train, test))

@@ -40,8 +40,14 @@ class Router(Protocol):
         ...
 
 
-def rank_models(scores: NDArray[np.floating], overall: NDArray[np.floating]) -> NDArray[np.intp]:
-    """Order model indices per row: score desc, then overall desc, then index asc."""
+def rank_models(scores: NDArray[np.floating], overall: NDArray[np.floating],
+                first: NDArray[np.bool_] | None = None) -> NDArray[np.intp]:
+    """Order model indices per row; the one tie rule of every router, offline and live.
+
+    Models in ``first`` (the snapshot's team, where one is given) come before the others; then score desc
+    (scores equal within TIE_TOLERANCE tie), then overall train mean desc, then model index asc. A NaN score
+    (no estimate) sorts last.
+    """
     scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
     # Quantise so that scores equal within the tolerance tie exactly, then let lexsort break ties.
     finite = np.isfinite(scores)
@@ -49,7 +55,9 @@ def rank_models(scores: NDArray[np.floating], overall: NDArray[np.floating]) -> 
     overall_key = np.nan_to_num(np.asarray(overall, dtype=np.float64), nan=-np.inf)
     n, m = scores.shape
     index = np.broadcast_to(np.arange(m), (n, m))
-    order = np.lexsort((index, -np.broadcast_to(overall_key, (n, m)), -quantised), axis=1)
+    outside = np.broadcast_to(np.zeros(m, dtype=np.int8) if first is None else (~np.asarray(first)).astype(np.int8),
+                              (n, m))
+    order = np.lexsort((index, -np.broadcast_to(overall_key, (n, m)), -quantised, outside), axis=1)
     return np.asarray(order, dtype=np.intp)
 
 
@@ -236,13 +244,38 @@ class RouterDefinition:
     uses_clusters: Callable[[Mapping[str, Any]], bool] = field(default=lambda params: True)
 
     def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The definition's defaults overridden by ``params``; unknown names are refused."""
+        """The definition's defaults overridden by ``params``; unknown names and bad values are refused.
+
+        A parameter whose default is an int takes an int >= 1 (a count); a float takes a number >= 0 (infinity
+        included); ``method`` a registered clustering method."""
         params = dict(params or {})
         unknown = sorted(set(params) - set(self.parameters))
         if unknown:
             raise ValueError(f"router {self.name!r} has no parameter {', '.join(unknown)}; "
                              f"it takes {', '.join(sorted(self.parameters))}")
-        return {**self.parameters, **params}
+        for key, value in params.items():
+            default = self.parameters[key]
+            if isinstance(default, bool) or isinstance(value, bool):
+                ok = isinstance(default, bool) and isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and value >= (0 if key == "seed" else 1)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not math.isnan(value) and value >= 0
+            else:
+                ok = isinstance(value, str)
+            if key == "method":
+                from routing.core.clustering import CLUSTERING_METHODS
+
+                ok = ok and value in CLUSTERING_METHODS
+            if not ok:
+                kind = {int: "a whole number >= 1", float: "a number >= 0 (or inf)"}.get(type(default), "text")
+                if key == "method":
+                    from routing.core.clustering import CLUSTERING_METHODS
+
+                    kind = "one of " + ", ".join(sorted(CLUSTERING_METHODS))
+                raise ValueError(f"{key} must be {kind}, got {value!r}")
+        return {**self.parameters, **{k: float(v) if isinstance(self.parameters[k], float) else v
+                                      for k, v in params.items()}}
 
 
 ROUTERS: dict[str, RouterDefinition] = {}
@@ -254,6 +287,10 @@ class Clusterings:
     def __init__(self, embeddings: NDArray[np.floating]) -> None:
         self.embeddings = embeddings
         self._fitted: dict[tuple[str, int, int], Clustering] = {}
+
+    def put(self, clustering: Clustering) -> None:
+        """Use this clustering for its (method, k, seed): a snapshot's stored clusters, or a parent's."""
+        self._fitted[(clustering.method, int(clustering.k), int(clustering.seed))] = clustering
 
     def get(self, method: str, k: int, seed: int) -> Clustering:
         from routing.core.clustering import fit_clusters

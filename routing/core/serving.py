@@ -17,14 +17,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
 from evaluation.core.generation import CircuitOpenError, Completion, GenerationError
 from routing.core.clustering import normalise
-from routing.core.profiles import TIE_TOLERANCE
+from routing.core.router import ClusterRouter, Router, rank_models
 from routing.core.voting import Normaliser, Sample, Vote, answer_key, majority_vote, model_switch
 
 STRATEGIES = ("direct", "self_consistency", "model_switch")
@@ -52,7 +52,13 @@ class Route:
 
 @dataclass(frozen=True)
 class RoutingTable:
-    """A snapshot in memory: unit centroids, each model's estimate per cluster, the team."""
+    """A snapshot in memory: unit centroids, the team, and the snapshot's fitted router.
+
+    ``router`` is the registry router the snapshot chose and fitted (``routing.core.router``); it scores the
+    models of every query. Without one (or with the paper's ``ClusterRouter``) a query's scores are its nearest
+    cluster's row of ``estimates``, and each cluster's candidates are computed once. The centroids also give
+    every route its nearest cluster, the runner-ups, and the cluster's category and task type for the log.
+    """
 
     centroids: NDArray[np.float32]  # (k, d), unit rows
     models: tuple[str, ...]  # the profiled pool
@@ -61,7 +67,9 @@ class RoutingTable:
     team: tuple[str, ...]
     categories: tuple[str, ...] = ()  # per cluster
     task_types: tuple[str, ...] = ()  # per cluster
-    _orders: NDArray[np.intp] = field(init=False, repr=False, compare=False)
+    router: Router | None = None
+    _in_team: NDArray[np.bool_] = field(init=False, repr=False, compare=False)
+    _per_query: bool = field(init=False, repr=False, compare=False)
     _candidates: tuple[tuple[Candidate, ...], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,29 +81,28 @@ class RoutingTable:
         unknown = [m for m in self.team if m not in self.models]
         if unknown:
             raise ValueError(f"team members without a profile: {', '.join(unknown)}")
+        if self.router is not None and tuple(self.router.models) != tuple(self.models):
+            raise ValueError("the router must score the table's models, in the table's order")
         object.__setattr__(self, "centroids", normalise(np.asarray(self.centroids, dtype=np.float32)))
-        # Routing order per cluster is fixed by the snapshot: precompute it once.
-        team_position = {name: i for i, name in enumerate(self.team)}
-        overall = np.nan_to_num(np.asarray(self.overall, dtype=np.float64), nan=-np.inf)
-        orders = []
-        for c in range(k):
-            scores = self.estimates[c]
-            quantised = np.where(np.isnan(scores), -np.inf, np.round(np.nan_to_num(scores) / TIE_TOLERANCE))
-
-            def key(j: int, quantised: NDArray[np.float64] = quantised) -> tuple[Any, ...]:
-                name = self.models[j]
-                in_team = name in team_position
-                return (0 if in_team else 1, -quantised[j], -overall[j], team_position.get(name, 0), name)
-
-            orders.append(sorted(range(len(self.models)), key=key))
-        object.__setattr__(self, "_orders", np.asarray(orders, dtype=np.intp))
-        # And so are the candidates of each cluster: routing only picks one of these tuples.
         team = set(self.team)
-        object.__setattr__(self, "_candidates", tuple(
-            tuple(Candidate(model=self.models[j], rank=position + 1, in_team=self.models[j] in team,
-                            score=None if np.isnan(self.estimates[c, j]) else float(self.estimates[c, j]))
-                  for position, j in enumerate(order))
-            for c, order in enumerate(orders)))
+        object.__setattr__(self, "_in_team", np.asarray([m in team for m in self.models], dtype=bool))
+        estimates = self.estimates
+        per_query = self.router is not None
+        if isinstance(self.router, ClusterRouter) and self.router.clustering.k == k:
+            # The paper's router scores a query by its cluster's row: the same table, computed once.
+            estimates, per_query = self.router.profiles.estimates, False
+            object.__setattr__(self, "estimates", estimates)
+        object.__setattr__(self, "_per_query", per_query)
+        # Routing order per cluster is fixed by the snapshot when scores depend on the cluster only.
+        object.__setattr__(self, "_candidates", () if per_query else tuple(
+            self._order(estimates[c]) for c in range(k)))
+
+    def _order(self, scores: NDArray[np.float64]) -> tuple[Candidate, ...]:
+        """The candidates for one query's model scores: the team first, then ``rank_models``'s one tie rule."""
+        order = rank_models(scores[None, :], self.overall, first=self._in_team)[0]
+        return tuple(Candidate(model=self.models[j], rank=position + 1, in_team=bool(self._in_team[j]),
+                               score=None if np.isnan(scores[j]) else float(scores[j]))
+                     for position, j in enumerate(order))
 
     @property
     def k(self) -> int:
@@ -104,6 +111,10 @@ class RoutingTable:
     @property
     def dimensions(self) -> int:
         return int(self.centroids.shape[1])
+
+    @property
+    def router_name(self) -> str:
+        return type(self.router).__name__ if self.router is not None else "ClusterRouter"
 
     def route(self, embedding: NDArray[np.floating], *, runner_ups: int = 3) -> Route:
         """Return the route of one query embedding (d,)."""
@@ -117,11 +128,16 @@ class RoutingTable:
         nearest = np.argpartition(-similarities, width - 1)[:width] if width < self.k else np.arange(self.k)
         nearest = nearest[np.lexsort((nearest, -similarities[nearest]))]
         cluster = int(nearest[0])
+        if self._per_query:
+            assert self.router is not None
+            candidates = self._order(np.asarray(self.router.model_scores(vector[None, :])[0], dtype=np.float64))
+        else:
+            candidates = self._candidates[cluster]
         return Route(
             cluster=cluster,
             similarity=float(similarities[cluster]),
             runner_ups=tuple((int(c), float(similarities[c])) for c in nearest[1:]),
-            candidates=self._candidates[cluster],
+            candidates=candidates,
             category=self.categories[cluster] if self.categories else "",
             task_type=self.task_types[cluster] if self.task_types else "",
         )

@@ -69,7 +69,7 @@ def test_route_returns_the_nearest_cluster_its_ranking_and_logs_the_decision(api
     response = api.post("/api/v1/route", {"query": query, "category": "mine"}, format="json")
     assert response.status_code == 200, response.content
     body = response.json()
-    assert body["cluster"] == cluster and body["snapshot"] == {"id": snapshot.pk, "version": 1}
+    assert body["cluster"] == cluster and body["snapshot"] == {"id": snapshot.pk, "version": 1, "router": "cluster"}
     team = [m for m in sorted(snapshot.team, key=lambda m: -MEANS[m][cluster])]
     assert [c["model"] for c in body["candidates"]][:2] == team and body["candidates"][2]["model"] == "gamma"
     assert body["candidates"][0]["score"] == pytest.approx(0.9 * MEANS[team[0]][cluster] + 0.05)

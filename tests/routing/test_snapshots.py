@@ -31,9 +31,9 @@ def build(**options) -> RouterSnapshot:  # type: ignore[no-untyped-def]
     return snapshot
 
 
-def test_a_k64_snapshot_scores_on_the_test_split_what_the_offline_evaluator_scores(llmrouter) -> None:  # type: ignore[no-untyped-def]
-    from routing.core.evaluation import RouterConfig, evaluate
-    from routing.offline import default_cache, prepare, resolve_shrinkage
+def test_a_k64_snapshot_scores_on_the_test_split_what_the_offline_evaluator_scores(llmrouter, api) -> None:  # type: ignore[no-untyped-def]
+    from routing.core.evaluation import COMPARED, router_candidates, run_protocol
+    from routing.offline import default_cache, prepare
 
     snapshot = build(datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()), k=64, seed=42)
     assert (snapshot.status, snapshot.n_train, snapshot.n_test) == ("done", 5608, 381)
@@ -43,17 +43,47 @@ def test_a_k64_snapshot_scores_on_the_test_split_what_the_offline_evaluator_scor
     # The same settings through `python -m routing.offline evaluate`'s own functions, on the file itself.
     assert snapshot.embedder == settings.EMBEDDER  # none named: the platform's default
     models, train, test, _ = prepare(llmrouter, 42, snapshot.embedder, default_cache())
-    config = RouterConfig(k=64, seed=42)
-    shrinkage, _ = resolve_shrinkage("auto", train, models, config)
-    assert snapshot.shrinkage == shrinkage
-    offline = evaluate(train, test, models, RouterConfig(k=64, seed=42, shrinkage=shrinkage))
+    offline = run_protocol(train, test, models, seed=42, candidates=router_candidates("auto", k=64, method="kmeans"),
+                           compare={n: spec.configured(k=64, method="kmeans") for n, spec in COMPARED.items()})
+    # The router: chosen among the same candidates with the same CV table, recorded on the snapshot.
+    assert snapshot.router == "auto" and snapshot.router_chosen == offline.chosen.jsonable()
+    assert set(snapshot.router_cv) == set(offline.cv)
+    for label, folds in offline.cv.items():
+        assert np.allclose(snapshot.router_cv[label], folds, atol=1e-3), label
+    assert snapshot.heldout["router"] == offline.chosen.label
     ours = snapshot.heldout["methods"]
-    for method, report in offline.items():
+    assert set(ours) == set(offline.reports) == {"avengers", "paper", "soft", "knn", "best_single",
+                                                 "best_per_dataset", "random", "oracle"}
+    for method, report in offline.reports.items():
         assert abs(ours[method]["in_distribution"] - report.in_distribution) < 0.1, method
         assert set(ours[method]["per_dataset"]) == set(report.per_dataset)
         for name, value in report.per_dataset.items():
             assert abs(ours[method]["per_dataset"][name] - value) < 0.1, (method, name)
     assert ours["oracle"]["in_distribution"] > ours["avengers"]["in_distribution"] > ours["random"]["in_distribution"]
+    assert ours["avengers"]["in_distribution"] > ours["best_single"]["in_distribution"]
+
+    # Live routing uses that router: POST /api/v1/route ranks first, for every test query, the model the
+    # offline router picks for it.
+    from routing import serving
+    from routing.core.router import choose
+    from routing.offline import embed_all
+
+    services.snapshot_activate(snapshot=snapshot)
+    serving.forget()
+    texts = list(Query.objects.filter(split="test").order_by("id").values_list("text", flat=True))
+    assert len(texts) == 381
+    vectors, _ = embed_all(texts, snapshot.embedder, default_cache())
+    expected = [models[i] for i in choose(offline.routers["avengers"], vectors)[:, 0]]
+    live = []
+    for text in texts:
+        response = api.post("/api/v1/route", {"query": text}, format="json")
+        assert response.status_code == 200, response.content
+        body = response.json()
+        assert body["snapshot"]["router"] == offline.chosen.label
+        live.append(body["candidates"][0]["model"])
+    mismatches = [(t[:60], e, g) for t, e, g in zip(texts, expected, live) if e != g]
+    assert not mismatches, mismatches[:5]
+    assert len(set(live)) > 1  # the router does route: different queries, different models
 
     # Team selection by rank score, saved with the snapshot; activation is one action, recorded.
     assert len(snapshot.team) == 9 and snapshot.rank_scores[snapshot.team[0]] == max(snapshot.rank_scores.values())
@@ -63,7 +93,7 @@ def test_a_k64_snapshot_scores_on_the_test_split_what_the_offline_evaluator_scor
     services.snapshot_activate(snapshot=snapshot)
     services.snapshot_activate(snapshot=other)
     assert list(RouterSnapshot.objects.filter(is_active=True)) == [other]
-    assert SnapshotActivation.objects.count() == 2
+    assert SnapshotActivation.objects.count() == 3  # the parity check above activated the first one too
 
 
 def test_a_model_added_later_gives_the_snapshot_built_with_it_and_computes_nothing_again(llmrouter) -> None:  # type: ignore[no-untyped-def]
@@ -95,6 +125,12 @@ def test_a_model_added_later_gives_the_snapshot_built_with_it_and_computes_nothi
 
     assert profiles(added) == profiles(full)
     assert added.team == full.team and added.rank_scores == pytest.approx(full.rank_scores)
+    # The router too: chosen the same way, and what the routing service fits from each routes alike.
+    assert added.router == "auto" and added.router_chosen == full.router_chosen and added.router_cv == full.router_cv
+    probe = np.asarray(list(QueryEmbedding.objects.filter(query__split="test", embedder=full.embedder)
+                            .order_by("query_id").values_list("vector", flat=True)[:50]), dtype=np.float32)
+    assert np.allclose(services.snapshot_router(added).model_scores(probe),
+                       services.snapshot_router(full).model_scores(probe))
 
 
 def test_a_model_with_a_few_scores_is_added_from_them_without_evaluating_the_rest(llmrouter) -> None:  # type: ignore[no-untyped-def]
@@ -160,7 +196,11 @@ def test_bad_snapshot_requests_are_refused_and_create_nothing(llmrouter) -> None
     cases = [
         ({"embedder": "word2vec"}, "embedder"), ({"method": "dbscan"}, "method"), ({"k": 10_000}, "k"),
         ({"shrinkage": "lots"}, "shrinkage"), ({"team": ["nobody"]}, "team"), ({"team_size": 12}, "team_size"),
-        ({"datasets": []}, "datasets"), ({"models": []}, "models"),
+        ({"datasets": []}, "datasets"), ({"models": []}, "models"), ({"router": "nope"}, "router"),
+        ({"router": "dataset", "router_params": {"shrinkage": -1}}, "router_params"),
+        ({"router": "dataset", "router_params": {"colour": 1}}, "router_params"),
+        ({"router": "dataset", "router_params": {"neighbours": "ten"}}, "router_params"),
+        ({"router_params": {"k": 3}}, "router_params"), ({"router": "knn", "router_params": [1]}, "router_params"),
     ]
     for change, field in cases:
         with pytest.raises(services.CalibrationError) as caught:

@@ -48,6 +48,33 @@ def test_a_table_refuses_shapes_that_do_not_fit() -> None:
         table().route(np.ones(7))
 
 
+def test_a_table_with_a_fitted_router_scores_each_query_with_it_and_orders_models_by_the_one_tie_rule() -> None:
+    from routing.core.router import DatasetRouter, choose, rank_models
+
+    # Two datasets along axes 0 and 1: "a" wins the first, "b" the second; "c" ties "b" on the second.
+    x = np.array([[1, 0, 0, 0]] * 4 + [[0, 1, 0, 0]] * 4, dtype=np.float32)
+    scores = np.array([[1, 0, 0]] * 4 + [[0, 1, 1]] * 4, dtype=float)
+    router = DatasetRouter.fit(x, scores, ["p"] * 4 + ["q"] * 4, ("a", "b", "c"), clustering=None,
+                               shrinkage=float("inf"), neighbours=3)
+    with_router = RoutingTable(centroids=np.eye(3, 4, dtype=np.float32), models=("a", "b", "c"),
+                               estimates=np.zeros((3, 3)), overall=router.overall, team=("a", "b", "c"),
+                               router=router)
+    for query in (np.array([1.0, 0.1, 0, 0]), np.array([0.1, 1.0, 0, 0])):
+        route = with_router.route(query)
+        offline = rank_models(router.model_scores(query[None, :]), router.overall)[0]
+        assert [c.model for c in route.candidates] == [("a", "b", "c")[j] for j in offline]
+        assert route.candidates[0].model == ("a", "b", "c")[choose(router, query[None, :])[0, 0]]
+    # b and c tie on dataset q and overall: the lower model index wins, everywhere.
+    assert [c.model for c in with_router.route(np.array([0.0, 1.0, 0, 0])).candidates][:2] == ["b", "c"]
+    # The team still comes first: with only c in the team, c leads even where b ties it.
+    team_c = RoutingTable(centroids=np.eye(3, 4, dtype=np.float32), models=("a", "b", "c"),
+                          estimates=np.zeros((3, 3)), overall=router.overall, team=("c",), router=router)
+    assert [c.model for c in team_c.route(np.array([0.0, 1.0, 0, 0])).candidates] == ["c", "b", "a"]
+    with pytest.raises(ValueError, match="router must score the table's models"):
+        RoutingTable(centroids=np.eye(3, 4, dtype=np.float32), models=("a", "c", "b"), estimates=np.zeros((3, 3)),
+                     overall=router.overall, team=("a",), router=router)
+
+
 class Servers:
     """Fake model servers: each model answers from a list of texts, or raises."""
 
