@@ -406,6 +406,17 @@ def parse_value(text: str) -> Any:
     return text
 
 
+def parse_params(items: Sequence[str]) -> dict[str, Any]:
+    """``--set NAME=VALUE`` items as router parameters (numbers where they parse, ``inf`` included)."""
+    params: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--set takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = parse_value(value.strip())
+    return params
+
+
 def check_evaluate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Validate evaluate's options; every problem is a usage error naming the option."""
     if args.k < 1 or args.top_n < 1:
@@ -420,12 +431,10 @@ def check_evaluate_args(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error("--seeds needs at least one seed and no seed twice")
     if args.router != "auto" and args.router not in ROUTERS:
         parser.error(f"--router must be auto or one of {', '.join(ROUTERS)}, got {args.router!r}")
-    params: dict[str, Any] = {}
-    for item in args.set:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"--set takes NAME=VALUE, got {item!r}")
-        params[name.strip()] = parse_value(value.strip())
+    try:
+        params = parse_params(args.set)
+    except ValueError as exc:
+        parser.error(str(exc))
     if params and args.router == "auto":
         parser.error("--set needs --router NAME (the default router's candidates are fixed)")
     try:

@@ -208,9 +208,9 @@ class DatasetRouter:
         similarity = queries @ self.index.T
         nearest = _nearest(similarity, min(self.neighbours, similarity.shape[1]))
         votes = np.clip(np.take_along_axis(similarity, nearest, axis=1), 1e-6, None).astype(np.float64)
-        weights = np.zeros((queries.shape[0], len(self.datasets)))
-        np.add.at(weights, (np.repeat(np.arange(queries.shape[0]), nearest.shape[1]),
-                            self.index_datasets[nearest].ravel()), votes.ravel())
+        n, d = queries.shape[0], len(self.datasets)
+        cells = (np.arange(n)[:, None] * d + self.index_datasets[nearest]).ravel()
+        weights = np.bincount(cells, weights=votes.ravel(), minlength=n * d).reshape(n, d)
         return weights / weights.sum(axis=1, keepdims=True)
 
     def model_scores(self, embeddings: NDArray[np.floating]) -> NDArray[np.float64]:

@@ -41,6 +41,9 @@ def test_snapshots_are_built_read_activated_and_derived_through_the_api(api, sam
 
     detail = api.get(f"/api/v1/snapshots/{snapshot.pk}").json()
     assert detail["status"] == "done" and len(detail["team"]) == 3 and detail["shrinkage"] == 8.0
+    # The router it routes with, chosen by CV among the default candidates, with the CV table.
+    assert detail["router"] == "auto" and detail["router_params"] == {}
+    assert detail["router_chosen"]["label"] in detail["router_cv"] and len(detail["router_cv"]) == 5
     assert detail["pool"] == keep and detail["n_train"] == Query.objects.filter(split="train").exclude(
         dataset__name="mbpp").count()
     assert api.get("/api/v1/snapshots").json()["count"] == 1
@@ -84,6 +87,10 @@ def test_snapshots_are_built_read_activated_and_derived_through_the_api(api, sam
     ({"datasets": ["gsm8k"], "models": ["qwen2.5-7b-instruct"], "method": "dbscan"}, "method"),
     ({"datasets": ["gsm8k"], "models": ["qwen2.5-7b-instruct"], "embedder": "bag-of-words"}, "embedder"),
     ({"datasets": ["gsm8k"], "models": ["qwen2.5-7b-instruct"], "team": ["mistral-7b-instruct-v0.3"]}, "team"),
+    ({"datasets": ["gsm8k"], "models": ["qwen2.5-7b-instruct"], "router": "oracle"}, "router"),
+    ({"datasets": ["gsm8k"], "models": ["qwen2.5-7b-instruct"], "router": "dataset",
+      "router_params": {"shrinkage": "lots"}}, "router_params"),
+    ({"datasets": ["gsm8k"], "models": ["qwen2.5-7b-instruct"], "router_params": "shrinkage=4"}, "router_params"),
 ])
 def test_a_bad_snapshot_request_names_the_field_and_creates_nothing(api, sample, payload, field) -> None:  # type: ignore[no-untyped-def]
     response = api.post("/api/v1/snapshots", {"k": 2, **payload}, format="json")
@@ -125,6 +132,16 @@ def test_the_calibrate_command_builds_activates_and_explains_mistakes(sample) ->
         call_command("calibrate", "add-model", str(snapshot.version), "ghost", stdout=StringIO())
     with pytest.raises(CommandError, match="there is no snapshot v9"):
         call_command("calibrate", "activate", "9", stdout=StringIO())
+    # A named router with a parameter: recorded as set, and what the snapshot routes with.
+    call_command("calibrate", "build", "--datasets", "gsm8k,math,mmlu", "--models",
+                 "qwen2.5-7b-instruct,llama-3.1-8b-instruct,gemma-2-9b-it", "--k", "4", "--router", "dataset",
+                 "--set", "shrinkage=16", stdout=StringIO())
+    named = RouterSnapshot.objects.order_by("-version").first()
+    assert (named.router, named.router_params, named.router_cv) == ("dataset", {"shrinkage": 16}, {})
+    assert named.router_chosen["label"] == "dataset(k=4, shrinkage=16)"
+    with pytest.raises(CommandError, match="router_params: shrinkage must be a number"):
+        call_command("calibrate", "build", "--datasets", "gsm8k", "--models", "gemma-2-9b-it", "--router", "dataset",
+                     "--set", "shrinkage=many", stdout=StringIO())
     with pytest.raises(CommandError, match="k: K=1000"):
         call_command("calibrate", "build", "--datasets", "gsm8k", "--models", "gemma-2-9b-it", "--k", "1000",
                      stdout=StringIO())

@@ -41,6 +41,10 @@ class Command(BaseCommand):
         build.add_argument("--team-size", type=int)
         build.add_argument("--team")
         build.add_argument("--label", default="")
+        build.add_argument("--router", default="auto",
+                           help="auto (chosen by 5-fold CV on train) or a registered router's name")
+        build.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                           help="a parameter of --router, e.g. --set shrinkage=16 (repeatable)")
         derived = []
         for name in ("add-model", "add-dataset"):
             derive = sub.add_parser(name, help=f"Derive a snapshot: {name.replace('-', ' ')}.")
@@ -69,6 +73,7 @@ class Command(BaseCommand):
             embedder=options["embedder"], method=options["method"], k=options["k"], seed=options["seed"],
             shrinkage=options["shrinkage"], team_size=options["team_size"],
             team=_split(options["team"]) or None, label=options["label"], queue=options["queue"],
+            router=options["router"], router_params=_params(options["set"]),
         )
         self._finish(snapshot, options)
 
@@ -137,3 +142,13 @@ class Command(BaseCommand):
         if unknown:
             raise CommandError(f"there is no model {', '.join(map(repr, unknown))}")
         return found
+
+
+
+def _params(items: list[str]) -> dict[str, Any]:
+    from routing.offline import parse_params
+
+    try:
+        return parse_params(items)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
