@@ -40,6 +40,13 @@ class Router(Protocol):
         ...
 
 
+def _quantised(scores: NDArray[np.floating]) -> NDArray[np.float64]:
+    """Scores on the tie grid: equal within TIE_TOLERANCE means equal; NaN (no estimate) becomes -inf."""
+    scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
+    finite = np.isfinite(scores)
+    return np.where(finite, np.round(np.where(finite, scores, 0.0) / TIE_TOLERANCE), scores)
+
+
 def rank_models(scores: NDArray[np.floating], overall: NDArray[np.floating],
                 first: NDArray[np.bool_] | None = None) -> NDArray[np.intp]:
     """Order model indices per row; the one tie rule of every router, offline and live.
@@ -48,17 +55,27 @@ def rank_models(scores: NDArray[np.floating], overall: NDArray[np.floating],
     (scores equal within TIE_TOLERANCE tie), then overall train mean desc, then model index asc. A NaN score
     (no estimate) sorts last.
     """
-    scores = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
-    # Quantise so that scores equal within the tolerance tie exactly, then let lexsort break ties.
-    finite = np.isfinite(scores)
-    quantised = np.where(finite, np.round(np.where(finite, scores, 0.0) / TIE_TOLERANCE), scores)
+    quantised = _quantised(scores)
     overall_key = np.nan_to_num(np.asarray(overall, dtype=np.float64), nan=-np.inf)
-    n, m = scores.shape
+    n, m = quantised.shape
     index = np.broadcast_to(np.arange(m), (n, m))
     outside = np.broadcast_to(np.zeros(m, dtype=np.int8) if first is None else (~np.asarray(first)).astype(np.int8),
                               (n, m))
     order = np.lexsort((index, -np.broadcast_to(overall_key, (n, m)), -quantised, outside), axis=1)
     return np.asarray(order, dtype=np.intp)
+
+
+class RowRanker:
+    """``rank_models`` for one row at a time, with the fixed keys computed once (the routing service's path)."""
+
+    def __init__(self, overall: NDArray[np.floating], first: NDArray[np.bool_] | None = None) -> None:
+        m = len(overall)
+        self._index = np.arange(m)
+        self._overall = -np.nan_to_num(np.asarray(overall, dtype=np.float64), nan=-np.inf)
+        self._outside = np.zeros(m, dtype=np.int8) if first is None else (~np.asarray(first)).astype(np.int8)
+
+    def __call__(self, scores: NDArray[np.floating]) -> NDArray[np.intp]:
+        return np.lexsort((self._index, self._overall, -_quantised(scores), self._outside)).astype(np.intp)
 
 
 def choose(router: Router, embeddings: NDArray[np.floating], top_n: int = 1) -> NDArray[np.intp]:
@@ -150,31 +167,38 @@ class DatasetRouter:
 
         sum over d of w(d | q) * (sum of m's scores on d's train queries in c + s * mean[d, m]) / (count + s)
 
-    With s = inf the clusters drop out and the router is a soft per-dataset expert: it needs no K.
+    With s = inf the clusters drop out of the estimate and the router is a soft per-dataset expert.
+
+    The neighbour search is an inverted file over the clusters: it visits the train queries of the
+    ``ceil(search_share * k)`` clusters nearest the query (1.0: every train query, an exact search), so that a
+    query reads an eighth of the train vectors by default instead of all of them (docs/BENCHMARKS.md). Each
+    query is scored on its own by one code path, offline and live, so both find the same neighbours.
     """
 
     models: tuple[str, ...]
     overall: NDArray[np.float64]  # (m,) mean over every scored train query of the model
     datasets: tuple[str, ...]  # (D,)
     centre: NDArray[np.float32]  # (dim,) mean of the train embeddings
-    index: NDArray[np.float32]  # (n, dim) centred unit train embeddings
-    index_datasets: NDArray[np.intp]  # (n,) dataset of each train query, into ``datasets``
+    index: NDArray[np.float32]  # (n, dim) centred unit train embeddings, grouped by cluster
+    index_datasets: NDArray[np.intp]  # (n,) dataset of each row of ``index``, into ``datasets``
+    offsets: NDArray[np.intp]  # (k + 1,) rows of cluster c in ``index``: offsets[c]:offsets[c + 1]
     dataset_means: NDArray[np.float64]  # (D, m) each model's mean per dataset (its overall mean where unscored)
-    estimates: NDArray[np.float64]  # (D, k, m) shrunk score of each model per dataset and cluster
-    clustering: Clustering | None  # None when shrinkage is inf
+    estimates: NDArray[np.float64]  # (D, k, m) shrunk score per dataset and cluster; (D, 1, m) when s is inf
+    clustering: Clustering
     shrinkage: float
     neighbours: int = 10
+    search_share: float = 0.125
 
     @classmethod
     def fit(cls, embeddings: NDArray[np.floating], scores: NDArray[np.floating], datasets: Sequence[str],
-            models: Sequence[str], *, clustering: Clustering | None, shrinkage: float,
-            neighbours: int = 10) -> DatasetRouter:
+            models: Sequence[str], *, clustering: Clustering, shrinkage: float, neighbours: int = 10,
+            search_share: float = 0.125) -> DatasetRouter:
         x = normalise(embeddings)
         scores = np.asarray(scores, dtype=np.float64)
         if scores.shape != (x.shape[0], len(models)) or len(datasets) != x.shape[0]:
             raise ValueError("embeddings, scores and datasets must describe the same train queries")
-        if shrinkage < 0 or neighbours < 1:
-            raise ValueError("shrinkage must be >= 0 and neighbours >= 1")
+        if shrinkage < 0 or neighbours < 1 or not 0 < search_share <= 1:
+            raise ValueError("shrinkage must be >= 0, neighbours >= 1 and search_share in (0, 1]")
         names = tuple(sorted(set(datasets)))
         which = np.searchsorted(np.asarray(names), np.asarray(datasets)).astype(np.intp)
         overall = nan_mean(scores, axis=0)
@@ -185,11 +209,12 @@ class DatasetRouter:
         sums, counts = members @ filled, members @ present
         means = np.divide(sums, counts, out=np.broadcast_to(overall, sums.shape).copy(), where=counts > 0)
         means = np.where(np.isnan(means), np.nan_to_num(overall, nan=0.0), means)
-        if clustering is None or math.isinf(shrinkage):
-            clustering, estimates = None, means[:, None, :].copy()
+        labels = clustering.assign(x)
+        k = clustering.k
+        if math.isinf(shrinkage):
+            estimates = means[:, None, :].copy()
         else:
-            k = clustering.k
-            cell = which * k + clustering.assign(x)
+            cell = which * k + labels
             onehot = np.zeros((len(names) * k, x.shape[0]))
             onehot[cell, np.arange(x.shape[0])] = 1.0
             cell_sums = (onehot @ filled).reshape(len(names), k, -1)
@@ -198,26 +223,44 @@ class DatasetRouter:
                 else np.divide(cell_sums, cell_counts, out=np.broadcast_to(means[:, None, :], cell_sums.shape).copy(),
                                where=cell_counts > 0)
         centre = x.mean(axis=0)
-        return cls(models=tuple(models), overall=overall, datasets=names, centre=centre, index=normalise(x - centre),
-                   index_datasets=which, dataset_means=means, estimates=estimates, clustering=clustering,
-                   shrinkage=float(shrinkage), neighbours=int(neighbours))
+        order = np.argsort(labels, kind="stable")
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=k))]).astype(np.intp)
+        return cls(models=tuple(models), overall=overall, datasets=names, centre=centre,
+                   index=np.ascontiguousarray(normalise(x - centre)[order]), index_datasets=which[order],
+                   offsets=offsets, dataset_means=means, estimates=estimates, clustering=clustering,
+                   shrinkage=float(shrinkage), neighbours=int(neighbours), search_share=float(search_share))
+
+    @property
+    def probes(self) -> int:
+        """How many of the nearest clusters the neighbour search visits."""
+        return max(1, min(self.clustering.k, math.ceil(self.search_share * self.clustering.k)))
+
+    def _one(self, vector: NDArray[np.float32]) -> tuple[NDArray[np.float64], int]:
+        """Dataset weights w(d | q) of one unit query vector, and its nearest cluster."""
+        to_centroids = self.clustering.centroids @ vector
+        # The nearest clusters, nearest first (ties: the lower index), as Clustering.assign picks the first.
+        probed = np.lexsort((np.arange(to_centroids.shape[0]), -to_centroids))[: self.probes]
+        centred = normalise(vector - self.centre)
+        rows = [np.arange(self.offsets[c], self.offsets[c + 1]) for c in probed]
+        similarity = np.concatenate([self.index[self.offsets[c]:self.offsets[c + 1]] @ centred for c in probed])
+        rows_all = np.concatenate(rows)
+        width = min(self.neighbours, similarity.shape[0])
+        top = np.lexsort((rows_all, -similarity))[:width]  # most similar first; ties: the lower row
+        votes = np.clip(similarity[top], 1e-6, None).astype(np.float64)
+        weights = np.bincount(self.index_datasets[rows_all[top]], weights=votes, minlength=len(self.datasets))
+        return weights / weights.sum(), int(probed[0])
 
     def dataset_weights(self, embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
         """Return w(d | q), shape (n, datasets): the similarity-weighted vote of the nearest train queries."""
-        queries = normalise(normalise(embeddings) - self.centre)
-        similarity = queries @ self.index.T
-        nearest = _nearest(similarity, min(self.neighbours, similarity.shape[1]))
-        votes = np.clip(np.take_along_axis(similarity, nearest, axis=1), 1e-6, None).astype(np.float64)
-        n, d = queries.shape[0], len(self.datasets)
-        cells = (np.arange(n)[:, None] * d + self.index_datasets[nearest]).ravel()
-        weights = np.bincount(cells, weights=votes.ravel(), minlength=n * d).reshape(n, d)
-        return weights / weights.sum(axis=1, keepdims=True)
+        return np.stack([self._one(v)[0] for v in normalise(embeddings)])
 
     def model_scores(self, embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
-        weights = self.dataset_weights(embeddings)
-        cluster = self.clustering.assign(embeddings) if self.clustering is not None else \
-            np.zeros(weights.shape[0], dtype=np.intp)
-        return np.einsum("nd,dnm->nm", weights, self.estimates[:, cluster, :])
+        out = np.empty((len(embeddings), len(self.models)))
+        refine = self.estimates.shape[1] > 1
+        for i, vector in enumerate(normalise(embeddings)):
+            weights, cluster = self._one(vector)
+            out[i] = weights @ self.estimates[:, cluster if refine else 0, :]
+        return out
 
 
 # --- the registry ------------------------------------------------------------------------------------------
@@ -242,6 +285,7 @@ class RouterDefinition:
     parameters: Mapping[str, Any]  # name -> default
     fit: Fit  # fit(train, models, clusterings, **parameters) -> Router
     uses_clusters: Callable[[Mapping[str, Any]], bool] = field(default=lambda params: True)
+    at_most: Mapping[str, float] = field(default_factory=dict)  # upper bounds of numeric parameters
 
     def resolve(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The definition's defaults overridden by ``params``; unknown names and bad values are refused.
@@ -267,8 +311,12 @@ class RouterDefinition:
                 from routing.core.clustering import CLUSTERING_METHODS
 
                 ok = ok and value in CLUSTERING_METHODS
+            if key in self.at_most:
+                ok = ok and 0 < value <= self.at_most[key]
             if not ok:
                 kind = {int: "a whole number >= 1", float: "a number >= 0 (or inf)"}.get(type(default), "text")
+                if key in self.at_most:
+                    kind = f"a number above 0 and at most {self.at_most[key]:g}"
                 if key == "method":
                     from routing.core.clustering import CLUSTERING_METHODS
 
@@ -302,12 +350,12 @@ class Clusterings:
 
 
 def register_router(name: str, label: str, *, uses_clusters: Callable[[Mapping[str, Any]], bool] | None = None,
-                    **parameters: Any) -> Callable[[Fit], Fit]:
+                    at_most: Mapping[str, float] | None = None, **parameters: Any) -> Callable[[Fit], Fit]:
     def decorator(fit: Fit) -> Fit:
         if name in ROUTERS:
             raise ValueError(f"router {name!r} is already registered")
         ROUTERS[name] = RouterDefinition(name, label, dict(parameters), fit,
-                                         uses_clusters or (lambda params: True))
+                                         uses_clusters or (lambda params: True), dict(at_most or {}))
         return fit
 
     return decorator
@@ -354,10 +402,9 @@ def _fit_knn(train: TrainData, models: tuple[str, ...], clusterings: Clusterings
 
 
 @register_router("dataset", "the datasets a query resembles, refined by its cluster in each",
-                 uses_clusters=lambda params: not math.isinf(float(params["shrinkage"])),
-                 shrinkage=math.inf, neighbours=10, **_CLUSTERED)
+                 at_most={"search_share": 1.0}, shrinkage=math.inf, neighbours=10, search_share=0.125, **_CLUSTERED)
 def _fit_dataset(train: TrainData, models: tuple[str, ...], clusterings: Clusterings, *, k: int, method: str,
-                 seed: int, shrinkage: float, neighbours: int) -> DatasetRouter:
-    clustering = None if math.isinf(float(shrinkage)) else clusterings.get(method, k, seed)
+                 seed: int, shrinkage: float, neighbours: int, search_share: float) -> DatasetRouter:
     return DatasetRouter.fit(train.embeddings, train.scores, train.datasets.tolist(), models,
-                             clustering=clustering, shrinkage=float(shrinkage), neighbours=neighbours)
+                             clustering=clusterings.get(method, k, seed), shrinkage=float(shrinkage),
+                             neighbours=neighbours, search_share=search_share)

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from evaluation.core.generation import CircuitOpenError, Completion, GenerationError
 from routing.core.clustering import normalise
-from routing.core.router import ClusterRouter, Router, rank_models
+from routing.core.router import ClusterRouter, Router, RowRanker
 from routing.core.voting import Normaliser, Sample, Vote, answer_key, majority_vote, model_switch
 
 STRATEGIES = ("direct", "self_consistency", "model_switch")
@@ -69,6 +69,7 @@ class RoutingTable:
     task_types: tuple[str, ...] = ()  # per cluster
     router: Router | None = None
     _in_team: NDArray[np.bool_] = field(init=False, repr=False, compare=False)
+    _ranker: RowRanker = field(init=False, repr=False, compare=False)
     _per_query: bool = field(init=False, repr=False, compare=False)
     _candidates: tuple[tuple[Candidate, ...], ...] = field(init=False, repr=False, compare=False)
 
@@ -86,6 +87,7 @@ class RoutingTable:
         object.__setattr__(self, "centroids", normalise(np.asarray(self.centroids, dtype=np.float32)))
         team = set(self.team)
         object.__setattr__(self, "_in_team", np.asarray([m in team for m in self.models], dtype=bool))
+        object.__setattr__(self, "_ranker", RowRanker(self.overall, first=self._in_team))
         estimates = self.estimates
         per_query = self.router is not None
         if isinstance(self.router, ClusterRouter) and self.router.clustering.k == k:
@@ -99,7 +101,7 @@ class RoutingTable:
 
     def _order(self, scores: NDArray[np.float64]) -> tuple[Candidate, ...]:
         """The candidates for one query's model scores: the team first, then ``rank_models``'s one tie rule."""
-        order = rank_models(scores[None, :], self.overall, first=self._in_team)[0]
+        order = self._ranker(scores)  # rank_models' rule, one row
         return tuple(Candidate(model=self.models[j], rank=position + 1, in_team=bool(self._in_team[j]),
                                score=None if np.isnan(scores[j]) else float(scores[j]))
                      for position, j in enumerate(order))

@@ -118,8 +118,8 @@ def test_the_chosen_router_is_the_first_candidate_within_one_standard_error_of_t
 def test_a_router_spec_checks_its_parameters_and_writes_infinity_as_text() -> None:
     with pytest.raises(ValueError, match="no parameter"):
         RouterSpec("cluster", {"temperature": 1.0})
-    spec = RouterSpec("dataset", {"shrinkage": math.inf, "k": 16, "seed": 3})
-    assert spec.label == "dataset(shrinkage=inf)"  # K and the seed play no part without clusters
+    spec = RouterSpec("dataset", {"shrinkage": math.inf, "seed": 3})
+    assert spec.label == "dataset(shrinkage=inf)"  # never the seed
     assert RouterSpec("dataset", {"shrinkage": 8.0, "k": 16}).label == "dataset(k=16, shrinkage=8)"
     assert spec.jsonable()["params"]["shrinkage"] == "inf"
     assert [c.name for c in DEFAULT_CANDIDATES][0] == "dataset" and DEFAULT_CANDIDATES[0].params["shrinkage"] == math.inf

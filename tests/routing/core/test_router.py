@@ -66,6 +66,7 @@ import math  # noqa: E402
 
 import pytest  # noqa: E402
 
+from routing.core.clustering import fit_clusters, normalise  # noqa: E402
 from routing.core.router import ROUTERS, Clusterings, DatasetRouter, TrainData, fit_router, get_router  # noqa: E402
 
 
@@ -80,9 +81,10 @@ def two_datasets(n: int = 40, seed: int = 0) -> TrainData:
 
 def test_the_dataset_router_weighs_datasets_by_the_nearest_train_queries() -> None:
     train = two_datasets()
+    one = Clustering("kmeans", 1, 0, np.ones((1, 8), dtype=np.float32) / np.sqrt(8))
     router = DatasetRouter.fit(train.embeddings, train.scores, train.datasets.tolist(), ("a", "b"),
-                               clustering=None, shrinkage=math.inf, neighbours=5)
-    assert router.datasets == ("p", "q") and router.clustering is None
+                               clustering=one, shrinkage=math.inf, neighbours=5)
+    assert router.datasets == ("p", "q") and router.estimates.shape == (2, 1, 2)
     assert router.dataset_means.tolist() == [[1.0, 0.0], [0.0, 1.0]]
     queries = np.eye(2, 8, dtype=np.float32) * 3
     weights = router.dataset_weights(queries)
@@ -105,10 +107,52 @@ def test_the_dataset_router_refines_by_cluster_within_a_dataset_and_shrinks_towa
 
 
 def test_the_dataset_router_refuses_inconsistent_input() -> None:
+    clustering = Clustering("kmeans", 2, 0, CENTROIDS)
     with pytest.raises(ValueError, match="same train queries"):
-        DatasetRouter.fit(np.ones((3, 2)), np.ones((2, 2)), ["a"] * 3, ("m", "n"), clustering=None, shrinkage=1.0)
+        DatasetRouter.fit(np.ones((3, 2)), np.ones((2, 2)), ["a"] * 3, ("m", "n"), clustering=clustering, shrinkage=1.0)
     with pytest.raises(ValueError, match="shrinkage"):
-        DatasetRouter.fit(np.ones((2, 2)), np.ones((2, 2)), ["a"] * 2, ("m", "n"), clustering=None, shrinkage=-1.0)
+        DatasetRouter.fit(np.ones((2, 2)), np.ones((2, 2)), ["a"] * 2, ("m", "n"), clustering=clustering,
+                          shrinkage=-1.0)
+    with pytest.raises(ValueError, match="search_share"):
+        DatasetRouter.fit(np.ones((2, 2)), np.ones((2, 2)), ["a"] * 2, ("m", "n"), clustering=clustering,
+                          shrinkage=1.0, search_share=0.0)
+
+
+def test_the_neighbour_search_visits_the_nearest_clusters_and_finds_what_an_exact_search_finds_there() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 16)).astype(np.float32)
+    scores = rng.random((400, 3))
+    datasets = rng.choice(["d0", "d1", "d2", "d3"], size=400).tolist()
+    clustering = fit_clusters(x, k=16, seed=0)
+    exact = DatasetRouter.fit(x, scores, datasets, ("a", "b", "c"), clustering=clustering, shrinkage=math.inf,
+                              search_share=1.0)
+    partial = DatasetRouter.fit(x, scores, datasets, ("a", "b", "c"), clustering=clustering, shrinkage=math.inf,
+                                search_share=0.25)
+    assert (exact.probes, partial.probes) == (16, 4)
+    queries = rng.normal(size=(60, 16)).astype(np.float32)
+    # Against a brute-force search over every train query (centred as the router centres them).
+    centred = normalise(normalise(x) - exact.centre)
+    q = normalise(normalise(queries) - exact.centre)
+    truth = np.argsort(-(q @ centred.T), axis=1)[:, :10]
+    names = np.asarray(sorted(set(datasets)))
+    for i in range(len(queries)):
+        expected = np.bincount(np.searchsorted(names, np.asarray(datasets)[truth[i]]),
+                               weights=np.clip((q @ centred.T)[i, truth[i]], 1e-6, None), minlength=4)
+        assert np.allclose(exact.dataset_weights(queries[i:i + 1])[0], expected / expected.sum(), atol=1e-5)
+    # The partial search is the brute-force search over the train queries of the query's 4 nearest clusters.
+    labels = clustering.assign(x)
+    partial_w = partial.dataset_weights(queries)
+    for i in range(len(queries)):
+        nearest = np.argsort(-(clustering.centroids @ normalise(queries[i:i + 1])[0]), kind="stable")[:4]
+        allowed = np.flatnonzero(np.isin(labels, nearest))
+        similarity = q[i] @ centred[allowed].T
+        top = allowed[np.argsort(-similarity, kind="stable")[:10]]
+        expected = np.bincount(np.searchsorted(names, np.asarray(datasets)[top]),
+                               weights=np.clip(q[i] @ centred[top].T, 1e-6, None), minlength=4)
+        assert np.allclose(partial_w[i], expected / expected.sum(), atol=1e-5)
+    assert not np.allclose(partial_w, exact.dataset_weights(queries))  # it did search less
+    # One query at a time or many at once: the same numbers.
+    assert np.array_equal(partial.model_scores(queries), np.vstack([partial.model_scores(v[None]) for v in queries]))
 
 
 def test_every_registered_router_fits_and_scores_every_model() -> None:
@@ -129,6 +173,24 @@ def test_the_registry_refuses_unknown_routers_and_parameters() -> None:
         get_router("nope")
     with pytest.raises(ValueError, match="has no parameter bogus"):
         fit_router("dataset", two_datasets(), ("a", "b"), {"bogus": 1})
-    assert get_router("dataset").resolve({"shrinkage": 8.0})["shrinkage"] == 8.0
-    assert not get_router("dataset").uses_clusters(get_router("dataset").resolve())
-    assert get_router("dataset").uses_clusters(get_router("dataset").resolve({"shrinkage": 8.0}))
+    assert get_router("dataset").resolve({"shrinkage": 8})["shrinkage"] == 8.0
+    with pytest.raises(ValueError, match="search_share must be a number above 0 and at most 1"):
+        get_router("dataset").resolve({"search_share": 1.5})
+    with pytest.raises(ValueError, match="k must be a whole number >= 1"):
+        get_router("cluster").resolve({"k": 0})
+    with pytest.raises(ValueError, match="method must be one of"):
+        get_router("cluster").resolve({"method": "dbscan"})
+
+
+def test_the_row_ranker_orders_exactly_as_rank_models_does() -> None:
+    from routing.core.router import RowRanker
+
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        m = int(rng.integers(1, 8))
+        # Few distinct values, NaNs and near-ties (within the tolerance) make ties common.
+        scores = rng.choice([0.1, 0.5, 0.5 + 1e-12, 0.9, np.nan], size=m)
+        overall = rng.choice([0.2, 0.4, np.nan], size=m)
+        first = rng.random(m) < 0.5
+        assert RowRanker(overall, first)(scores).tolist() == rank_models(scores[None], overall, first)[0].tolist()
+        assert RowRanker(overall)(scores).tolist() == rank_models(scores[None], overall)[0].tolist()

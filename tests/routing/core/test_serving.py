@@ -49,12 +49,14 @@ def test_a_table_refuses_shapes_that_do_not_fit() -> None:
 
 
 def test_a_table_with_a_fitted_router_scores_each_query_with_it_and_orders_models_by_the_one_tie_rule() -> None:
+    from routing.core.clustering import Clustering
     from routing.core.router import DatasetRouter, choose, rank_models
 
     # Two datasets along axes 0 and 1: "a" wins the first, "b" the second; "c" ties "b" on the second.
     x = np.array([[1, 0, 0, 0]] * 4 + [[0, 1, 0, 0]] * 4, dtype=np.float32)
     scores = np.array([[1, 0, 0]] * 4 + [[0, 1, 1]] * 4, dtype=float)
-    router = DatasetRouter.fit(x, scores, ["p"] * 4 + ["q"] * 4, ("a", "b", "c"), clustering=None,
+    router = DatasetRouter.fit(x, scores, ["p"] * 4 + ["q"] * 4, ("a", "b", "c"),
+                               clustering=Clustering("kmeans", 2, 0, np.eye(2, 4, dtype=np.float32)),
                                shrinkage=float("inf"), neighbours=3)
     with_router = RoutingTable(centroids=np.eye(3, 4, dtype=np.float32), models=("a", "b", "c"),
                                estimates=np.zeros((3, 3)), overall=router.overall, team=("a", "b", "c"),
