@@ -312,6 +312,13 @@ def _check_router(router: str, params: Mapping[str, Any] | None) -> dict[str, An
     return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in spec.params.items()}
 
 
+def _router_setting(parent: RouterSnapshot) -> dict[str, Any]:
+    """A derived snapshot chooses its router as its parent did (auto for one built before routers were chosen)."""
+    if not parent.router_chosen:
+        return {"router": "auto", "router_params": {}}
+    return {"router": parent.router, "router_params": parent.router_params}
+
+
 def _snapshot_url(snapshot: RouterSnapshot) -> str:
     try:
         return reverse("snapshot-detail", args=[snapshot.pk])
@@ -377,8 +384,7 @@ def snapshot_add_model(*, snapshot: RouterSnapshot, model: LanguageModel, user: 
             datasets=datasets, models=[*pool, model], embedder=snapshot.embedder, method=snapshot.method,
             k=snapshot.k, seed=snapshot.seed, shrinkage=snapshot.shrinkage if snapshot.shrinkage is not None else "auto",
             team_size=snapshot.team_size, team=team, label=f"v{snapshot.version} + {model.name}", user=user,
-            queue=queue, kind=RouterSnapshot.Kind.ADD_MODEL, parent=snapshot, router=snapshot.router if snapshot.router_chosen else "auto",
-            router_params=snapshot.router_params if snapshot.router_chosen else {},
+            queue=queue, kind=RouterSnapshot.Kind.ADD_MODEL, parent=snapshot, **_router_setting(snapshot),
         )
         if evaluate_missing:
             _evaluate_missing(derived, [model], datasets, user)
@@ -402,8 +408,7 @@ def snapshot_add_dataset(*, snapshot: RouterSnapshot, dataset: Dataset, user: Us
             k=snapshot.k, seed=snapshot.seed, shrinkage=snapshot.shrinkage_setting, team_size=snapshot.team_size,
             team=snapshot.team if snapshot.team_chosen_by_hand else None,
             label=f"v{snapshot.version} + {dataset.name}", user=user, queue=queue,
-            kind=RouterSnapshot.Kind.ADD_DATASET, parent=snapshot, router=snapshot.router if snapshot.router_chosen else "auto",
-            router_params=snapshot.router_params if snapshot.router_chosen else {},
+            kind=RouterSnapshot.Kind.ADD_DATASET, parent=snapshot, **_router_setting(snapshot),
         )
         _evaluate_missing(derived, pool, [dataset], user)
     return derived

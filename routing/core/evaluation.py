@@ -11,6 +11,11 @@ best train model of each dataset (the best single model where a dataset has no t
 evaluated model of each query. Accuracies are percentages: the mean score of a dataset's test queries,
 and the unweighted mean over in-distribution datasets (those with train queries) and over
 out-of-distribution ones (test only).
+
+The protocol (``run_protocol``): choose the router by 5-fold CV on the train lines among candidates
+(``select_router``: the one-standard-error rule over ``DEFAULT_CANDIDATES`` for the default), fit it and the
+compared routers on train, score them and the baselines on test. The offline evaluator runs it once per seed,
+and a snapshot's build runs it on its datasets' splits, so that what is measured offline is what is served.
 """
 from __future__ import annotations
 
@@ -27,9 +32,7 @@ from routing.core.profiles import build_profiles, nan_mean
 from routing.core.router import (
     Clusterings,
     ClusterRouter,
-    KnnRouter,
     Router,
-    SoftClusterRouter,
     TrainData,
     fit_router,
     get_router,
@@ -37,7 +40,6 @@ from routing.core.router import (
 )
 
 BASELINES = ("best_single", "best_per_dataset", "random", "oracle")
-METHODS = ("avengers", "avengers_soft", "knn", *BASELINES)
 SHRINKAGE_GRID = (0.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 SEEDS = (42, 999, 2024, 2025, 3407)  # the paper's five
 
@@ -88,7 +90,6 @@ class RouterSpec:
     def jsonable(self) -> dict[str, Any]:
         return {"router": self.name, "params": {k: _json_value(v) for k, v in self.resolved().items()},
                 "label": self.label}
-
 
     def configured(self, **values: Any) -> RouterSpec:
         """This spec with ``values`` (e.g. k, method) set where the router takes them and the spec does not."""
@@ -189,29 +190,6 @@ def baseline_scores(train: Split, test: Split) -> dict[str, NDArray[np.float64]]
         "random": nan_mean(test.scores, axis=1),
         "oracle": np.nanmax(np.where(np.isnan(test.scores), -np.inf, test.scores), axis=1),
     }
-
-
-def evaluate(train: Split, test: Split, models: Sequence[str], config: RouterConfig,
-             timings: dict[str, float] | None = None) -> dict[str, Report]:
-    """Run every method of METHODS on the test split; return a Report per method."""
-    import time
-
-    started = time.perf_counter()
-    router = fit_cluster_router(train, models, config)
-    clustered = time.perf_counter()
-    soft = SoftClusterRouter(router.clustering, router.profiles, config.soft_neighbours, config.soft_temperature)
-    knn = KnnRouter.fit(train.embeddings, train.scores, tuple(models), k=config.knn_k)
-    values = {
-        "avengers": route_scores(router, test, config.top_n),
-        "avengers_soft": route_scores(soft, test, config.top_n),
-        "knn": route_scores(knn, test, config.top_n),
-        **baseline_scores(train, test),
-    }
-    if timings is not None:
-        timings["clustering_s"] = clustered - started
-        timings["routing_s"] = time.perf_counter() - clustered
-    in_distribution = set(train.datasets.tolist())
-    return {name: summarise(values[name], test.datasets, in_distribution) for name in METHODS}
 
 
 # --- choosing the default router by cross-validation on train, and the protocol over seeds ----------------

@@ -3,13 +3,13 @@ from __future__ import annotations
 import numpy as np
 
 from routing.core.evaluation import (
-    RouterConfig,
+    RouterSpec,
     Split,
     baseline_scores,
     choose_shrinkage,
-    evaluate,
     folds_by_dataset,
     realised_scores,
+    run_protocol,
     summarise,
 )
 
@@ -74,7 +74,9 @@ def test_routing_beats_a_single_model_when_topics_favour_different_models() -> N
         scores = np.column_stack([rng.random((n, 2)) < p, rng.random(n) < 0.6]).astype(float)
         return Split(x, scores, np.where(topic == 0, "t0", "t1").astype(np.str_))
     train, test = make(400), make(200)
-    reports = evaluate(train, test, ["m0", "m1", "m2"], RouterConfig(k=4, shrinkage=2))
+    reports = run_protocol(train, test, ["m0", "m1", "m2"], seed=42, candidates=[RouterSpec("cluster", {"k": 4,
+                                                                                                  "shrinkage": 2.0})]
+                           ).reports
     assert reports["avengers"].in_distribution > reports["best_single"].in_distribution + 20
     assert reports["oracle"].in_distribution >= reports["avengers"].in_distribution
     assert reports["random"].in_distribution < reports["avengers"].in_distribution
@@ -87,13 +89,7 @@ from dataclasses import fields  # noqa: E402
 
 import pytest  # noqa: E402
 
-from routing.core.evaluation import (  # noqa: E402
-    DEFAULT_CANDIDATES,
-    RouterSpec,
-    choose_router,
-    headline,
-    run_protocol,
-)
+from routing.core.evaluation import DEFAULT_CANDIDATES, choose_router, headline  # noqa: E402
 
 
 def topics(n: int, rng: np.random.Generator) -> Split:
