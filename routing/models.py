@@ -76,8 +76,9 @@ class RouterSnapshot(models.Model):
     router_params = models.JSONField(default=dict, blank=True, help_text="Parameters of a named router.")
     router_chosen = models.JSONField(default=dict, blank=True,
                                      help_text="The router the snapshot routes with: name, parameters, label.")
-    router_cv = models.JSONField(default=dict, blank=True,
-                                 help_text="Candidate label -> CV accuracy per fold on train (router auto).")
+    router_cv = models.JSONField(default=list, blank=True,
+                                 help_text="Each candidate tried, in order: {label, folds: CV accuracy per fold on "
+                                           "train} (router auto).")
     datasets = models.ManyToManyField(Dataset, related_name="snapshots")
     pool = models.ManyToManyField(LanguageModel, related_name="snapshots", help_text="The models profiled.")
     team_size = models.PositiveIntegerField(null=True, blank=True, help_text="M of the automatic selection.")

@@ -476,11 +476,11 @@ def model_profile(model: LanguageModel, snapshot: RouterSnapshot) -> ModelProfil
 
 
 def router_label(snapshot: RouterSnapshot) -> str:
-    """What the snapshot routes with, and how it was chosen: "dataset(shrinkage=inf) (auto)"."""
+    """What the snapshot routes with, and how it was chosen: "dataset(shrinkage=inf) (chosen by CV)"."""
     chosen = (snapshot.router_chosen or {}).get("label")
     if not chosen:
-        return "cluster profiles (built before routers were chosen)" if snapshot.is_finished else \
-            f"{snapshot.router} (chosen when built)"
+        return "cluster profiles (built before routers were chosen)" \
+            if snapshot.status == RouterSnapshot.Status.DONE else f"{snapshot.router} (chosen when built)"
     return f"{chosen} ({'chosen by CV' if snapshot.router == 'auto' else 'set'})"
 
 
@@ -488,7 +488,8 @@ def snapshot_router_cv(snapshot: RouterSnapshot) -> list[tuple[str, float, bool]
     """Each candidate's mean CV in-distribution accuracy (%) on train: (label, accuracy, chosen), in order tried."""
     chosen = (snapshot.router_chosen or {}).get("label")
     rows = []
-    for label, folds in (snapshot.router_cv or {}).items():
+    for entry in snapshot.router_cv if isinstance(snapshot.router_cv, list) else []:
+        label, folds = (entry.get("label"), entry.get("folds")) if isinstance(entry, dict) else (None, None)
         if isinstance(folds, list) and folds and all(isinstance(v, (int, float)) for v in folds):
             rows.append((str(label), float(sum(folds) / len(folds)), label == chosen))
     return rows

@@ -562,8 +562,9 @@ def _build(snapshot: RouterSnapshot, progress: _Progress, embedder_factory: Embe
         status=RouterSnapshot.Status.DONE, stage="", finished_at=timezone.now(), shrinkage=shrinkage,
         shrinkage_cv=cv, team=team, rank_scores={n: float(s) for n, s in zip(names, scores)},
         first_places=first_places(profiles), heldout=heldout, n_train=len(train_ids), n_test=len(test_ids),
-        router_chosen=chosen.jsonable(), router_cv={label: [round(v, 3) for v in values]
-                                                     for label, values in router_cv.items()},
+        router_chosen=chosen.jsonable(),
+        # A list, not an object: PostgreSQL's jsonb does not keep the order the candidates were tried in.
+        router_cv=[{"label": label, "folds": [round(v, 3) for v in values]} for label, values in router_cv.items()],
         timings={k: round(v, 3) for k, v in timings.items()},
         message=f"{len(train_ids)} train queries in {clustering.k} clusters; {len(names)} models profiled; "
                 f"routes with {chosen.label}",

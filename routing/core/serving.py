@@ -114,10 +114,6 @@ class RoutingTable:
     def dimensions(self) -> int:
         return int(self.centroids.shape[1])
 
-    @property
-    def router_name(self) -> str:
-        return type(self.router).__name__ if self.router is not None else "ClusterRouter"
-
     def route(self, embedding: NDArray[np.floating], *, runner_ups: int = 3) -> Route:
         """Return the route of one query embedding (d,)."""
         vector = np.asarray(embedding, dtype=np.float32).reshape(-1)

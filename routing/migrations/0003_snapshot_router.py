@@ -32,7 +32,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='routersnapshot',
             name='router_cv',
-            field=models.JSONField(blank=True, default=dict, help_text='Candidate label -> CV accuracy per fold on train (router auto).'),
+            field=models.JSONField(blank=True, default=list, help_text='Each candidate tried, in order: {label, folds: CV accuracy per fold on train} (router auto).'),
         ),
         migrations.AddField(
             model_name='routersnapshot',

@@ -43,7 +43,9 @@ def test_snapshots_are_built_read_activated_and_derived_through_the_api(api, sam
     assert detail["status"] == "done" and len(detail["team"]) == 3 and detail["shrinkage"] == 8.0
     # The router it routes with, chosen by CV among the default candidates, with the CV table.
     assert detail["router"] == "auto" and detail["router_params"] == {}
-    assert detail["router_chosen"]["label"] in detail["router_cv"] and len(detail["router_cv"]) == 5
+    tried = [entry["label"] for entry in detail["router_cv"]]
+    assert len(tried) == 5 and tried[0] == "dataset(k=6, shrinkage=inf)" and detail["router_chosen"]["label"] in tried
+    assert all(len(entry["folds"]) == 5 for entry in detail["router_cv"])
     assert detail["pool"] == keep and detail["n_train"] == Query.objects.filter(split="train").exclude(
         dataset__name="mbpp").count()
     assert api.get("/api/v1/snapshots").json()["count"] == 1
@@ -137,7 +139,7 @@ def test_the_calibrate_command_builds_activates_and_explains_mistakes(sample) ->
                  "qwen2.5-7b-instruct,llama-3.1-8b-instruct,gemma-2-9b-it", "--k", "4", "--router", "dataset",
                  "--set", "shrinkage=16", stdout=StringIO())
     named = RouterSnapshot.objects.order_by("-version").first()
-    assert (named.router, named.router_params, named.router_cv) == ("dataset", {"shrinkage": 16}, {})
+    assert (named.router, named.router_params, named.router_cv) == ("dataset", {"shrinkage": 16}, [])
     assert named.router_chosen["label"] == "dataset(k=4, shrinkage=16)"
     with pytest.raises(CommandError, match="router_params: shrinkage must be a number"):
         call_command("calibrate", "build", "--datasets", "gsm8k", "--models", "gemma-2-9b-it", "--router", "dataset",

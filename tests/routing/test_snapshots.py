@@ -47,9 +47,9 @@ def test_a_k64_snapshot_scores_on_the_test_split_what_the_offline_evaluator_scor
                            compare={n: spec.configured(k=64, method="kmeans") for n, spec in COMPARED.items()})
     # The router: chosen among the same candidates with the same CV table, recorded on the snapshot.
     assert snapshot.router == "auto" and snapshot.router_chosen == offline.chosen.jsonable()
-    assert set(snapshot.router_cv) == set(offline.cv)
-    for label, folds in offline.cv.items():
-        assert np.allclose(snapshot.router_cv[label], folds, atol=1e-3), label
+    assert [entry["label"] for entry in snapshot.router_cv] == list(offline.cv)  # in the order tried
+    for entry in snapshot.router_cv:
+        assert np.allclose(entry["folds"], offline.cv[entry["label"]], atol=1e-3), entry["label"]
     assert snapshot.heldout["router"] == offline.chosen.label
     ours = snapshot.heldout["methods"]
     assert set(ours) == set(offline.reports) == {"avengers", "paper", "soft", "knn", "best_single",

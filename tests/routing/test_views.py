@@ -210,6 +210,21 @@ def test_the_detail_page_shows_the_heldout_results_of_every_method(client: Clien
     assert "(381 queries)" in text_of(response)
 
 
+def test_the_detail_page_shows_the_router_it_routes_with_and_its_cv_table(client: Client, v1) -> None:  # type: ignore[no-untyped-def]
+    # v1 was written as snapshots were before routers were chosen: it says so.
+    assert "cluster profiles (built before routers were chosen)" in text_of(client.get(
+        reverse("snapshot-detail", args=[v1.pk])))
+    chosen = {"router": "dataset", "params": {"shrinkage": "inf"}, "label": "dataset(shrinkage=inf)"}
+    routed = build_snapshot(version=7, means=MEANS, assignments=ASSIGNMENTS, router="auto", router_chosen=chosen,
+                            router_cv=[{"label": "dataset(shrinkage=inf)", "folds": [60.0, 62.0]},
+                                       {"label": "cluster(shrinkage=0)", "folds": [58.0, 59.0]}])
+    response = client.get(reverse("snapshot-detail", args=[routed.pk]))
+    assert "dataset(shrinkage=inf) (chosen by CV)" in text_of(response)
+    assert body_rows(response, "router-cv", "class") == {"chosen": ["dataset(shrinkage=inf) ✓", "61.0"]}
+    rows = [cells for _, cells in table(response, "router-cv")]
+    assert rows[-2:] == [["dataset(shrinkage=inf) ✓", "61.0"], ["cluster(shrinkage=0)", "58.5"]]
+
+
 def test_a_snapshot_without_a_test_split_says_so(client: Client) -> None:
     snapshot = build_snapshot(version=5, means=MEANS, assignments=ASSIGNMENTS, heldout={})
     response = client.get(reverse("snapshot-detail", args=[snapshot.pk]))
