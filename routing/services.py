@@ -18,7 +18,6 @@ How a snapshot is built (``snapshot_build``, a Celery task, resumable because ev
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +45,7 @@ from routing.core.evaluation import (
     Split,
     choose_shrinkage,
     cross_validate,
+    json_params,
     router_candidates,
     run_protocol,
     select_router,
@@ -309,7 +309,7 @@ def _check_router(router: str, params: Mapping[str, Any] | None) -> dict[str, An
         spec = RouterSpec.from_json({"router": router, "params": params})
     except ValueError as exc:
         raise CalibrationError("router_params", str(exc)) from None
-    return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in spec.params.items()}
+    return json_params(spec.params)
 
 
 def _router_setting(parent: RouterSnapshot) -> dict[str, Any]:

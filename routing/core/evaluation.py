@@ -88,8 +88,7 @@ class RouterSpec:
         return cls(definition.name, params)
 
     def jsonable(self) -> dict[str, Any]:
-        return {"router": self.name, "params": {k: _json_value(v) for k, v in self.resolved().items()},
-                "label": self.label}
+        return {"router": self.name, "params": json_params(self.resolved()), "label": self.label}
 
     def configured(self, **values: Any) -> RouterSpec:
         """This spec with ``values`` (e.g. k, method) set where the router takes them and the spec does not."""
@@ -98,13 +97,13 @@ class RouterSpec:
 
 
 def _text(value: Any) -> str:
-    return "inf" if isinstance(value, float) and math.isinf(value) else f"{value:g}" if isinstance(value, float) \
-        else str(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)  # infinity reads "inf"
 
 
-def _json_value(value: Any) -> Any:
-    """JSON has no infinity: an infinite parameter is written as the string "inf"."""
-    return "inf" if isinstance(value, float) and math.isinf(value) else value
+def json_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Router parameters as JSON can hold them: JSON has no infinity, so it is written as the string "inf"
+    (``RouterSpec.from_json`` reads it back)."""
+    return {k: "inf" if isinstance(v, float) and math.isinf(v) else v for k, v in params.items()}
 
 
 # The candidates the default router is chosen from, most regularised first: the per-dataset means alone

@@ -59,6 +59,17 @@ def nan_mean(values: NDArray[np.floating], axis: int = 0) -> NDArray[np.float64]
     return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
 
 
+def group_totals(groups: NDArray[np.integer], n_groups: int,
+                 scores: NDArray[np.floating]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Per group (row of ``groups``' labels 0..n_groups-1): each model's sum of scores and count of scored
+    queries, shape (n_groups, models) each; NaN scores are not counted."""
+    groups = np.asarray(groups, dtype=np.intp)
+    present = ~np.isnan(scores)
+    onehot = np.zeros((n_groups, groups.shape[0]))
+    onehot[groups, np.arange(groups.shape[0])] = 1.0
+    return onehot @ np.where(present, scores, 0.0), (onehot @ present).astype(np.int64)
+
+
 def rank_within_clusters(estimates: NDArray[np.floating]) -> NDArray[np.int64]:
     """Competition-rank each row (cluster), highest estimate first; equal estimates share the better rank."""
     values = np.where(np.isnan(estimates), -np.inf, estimates)
@@ -84,12 +95,7 @@ def build_profiles(
         raise ValueError(f"scores must have shape ({labels.shape[0]}, {len(models)}), got {scores.shape}")
     if shrinkage < 0:
         raise ValueError("shrinkage must be >= 0")
-    present = ~np.isnan(scores)
-    filled = np.where(present, scores, 0.0)
-    onehot = np.zeros((k, labels.shape[0]))
-    onehot[labels, np.arange(labels.shape[0])] = 1.0
-    sums = onehot @ filled
-    counts = (onehot @ present).astype(np.int64)
+    sums, counts = group_totals(labels, k, scores)
     means = np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
     overall = nan_mean(scores, axis=0)
     if shrinkage > 0:

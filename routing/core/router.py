@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from routing.core.clustering import Clustering, normalise
-from routing.core.profiles import TIE_TOLERANCE, Profiles, build_profiles, nan_mean
+from routing.core.profiles import TIE_TOLERANCE, Profiles, build_profiles, group_totals, nan_mean
 
 
 class Router(Protocol):
@@ -56,12 +56,10 @@ def rank_models(scores: NDArray[np.floating], overall: NDArray[np.floating],
     (no estimate) sorts last.
     """
     quantised = _quantised(scores)
-    overall_key = np.nan_to_num(np.asarray(overall, dtype=np.float64), nan=-np.inf)
+    keys = RowRanker(overall, first)
     n, m = quantised.shape
-    index = np.broadcast_to(np.arange(m), (n, m))
-    outside = np.broadcast_to(np.zeros(m, dtype=np.int8) if first is None else (~np.asarray(first)).astype(np.int8),
-                              (n, m))
-    order = np.lexsort((index, -np.broadcast_to(overall_key, (n, m)), -quantised, outside), axis=1)
+    order = np.lexsort((np.broadcast_to(keys.index, (n, m)), np.broadcast_to(keys.overall, (n, m)), -quantised,
+                        np.broadcast_to(keys.outside, (n, m))), axis=1)
     return np.asarray(order, dtype=np.intp)
 
 
@@ -70,12 +68,14 @@ class RowRanker:
 
     def __init__(self, overall: NDArray[np.floating], first: NDArray[np.bool_] | None = None) -> None:
         m = len(overall)
-        self._index = np.arange(m)
-        self._overall = -np.nan_to_num(np.asarray(overall, dtype=np.float64), nan=-np.inf)
-        self._outside = np.zeros(m, dtype=np.int8) if first is None else (~np.asarray(first)).astype(np.int8)
+        # The sort keys besides the score, least significant first: model index, then overall mean (desc),
+        # and most significant, outside the team (team first).
+        self.index = np.arange(m)
+        self.overall = -np.nan_to_num(np.asarray(overall, dtype=np.float64), nan=-np.inf)
+        self.outside = np.zeros(m, dtype=np.int8) if first is None else (~np.asarray(first)).astype(np.int8)
 
     def __call__(self, scores: NDArray[np.floating]) -> NDArray[np.intp]:
-        return np.lexsort((self._index, self._overall, -_quantised(scores), self._outside)).astype(np.intp)
+        return np.lexsort((self.index, self.overall, -_quantised(scores), self.outside)).astype(np.intp)
 
 
 def choose(router: Router, embeddings: NDArray[np.floating], top_n: int = 1) -> NDArray[np.intp]:
@@ -150,13 +150,6 @@ class KnnRouter:
         return np.where(weight > 0, total / np.where(weight > 0, weight, 1.0), self.overall)
 
 
-def _nearest(similarity: NDArray[np.floating], width: int) -> NDArray[np.intp]:
-    """Column indices of the ``width`` largest entries of each row (in no particular order)."""
-    if width >= similarity.shape[1]:
-        return np.broadcast_to(np.arange(similarity.shape[1]), similarity.shape).copy()
-    return np.argpartition(-similarity, width - 1, axis=1)[:, :width]
-
-
 @dataclass(frozen=True)
 class DatasetRouter:
     """Route by the datasets a query resembles, refined by its cluster within each dataset.
@@ -202,11 +195,7 @@ class DatasetRouter:
         names = tuple(sorted(set(datasets)))
         which = np.searchsorted(np.asarray(names), np.asarray(datasets)).astype(np.intp)
         overall = nan_mean(scores, axis=0)
-        present = ~np.isnan(scores)
-        filled = np.where(present, scores, 0.0)
-        members = np.zeros((len(names), x.shape[0]))
-        members[which, np.arange(x.shape[0])] = 1.0
-        sums, counts = members @ filled, members @ present
+        sums, counts = group_totals(which, len(names), scores)
         means = np.divide(sums, counts, out=np.broadcast_to(overall, sums.shape).copy(), where=counts > 0)
         means = np.where(np.isnan(means), np.nan_to_num(overall, nan=0.0), means)
         labels = clustering.assign(x)
@@ -214,11 +203,8 @@ class DatasetRouter:
         if math.isinf(shrinkage):
             estimates = means[:, None, :].copy()
         else:
-            cell = which * k + labels
-            onehot = np.zeros((len(names) * k, x.shape[0]))
-            onehot[cell, np.arange(x.shape[0])] = 1.0
-            cell_sums = (onehot @ filled).reshape(len(names), k, -1)
-            cell_counts = (onehot @ present).reshape(len(names), k, -1)
+            cell_sums, cell_counts = group_totals(which * k + labels, len(names) * k, scores)
+            cell_sums, cell_counts = cell_sums.reshape(len(names), k, -1), cell_counts.reshape(len(names), k, -1)
             estimates = (cell_sums + shrinkage * means[:, None, :]) / (cell_counts + shrinkage) if shrinkage > 0 \
                 else np.divide(cell_sums, cell_counts, out=np.broadcast_to(means[:, None, :], cell_sums.shape).copy(),
                                where=cell_counts > 0)
