@@ -1,14 +1,48 @@
-"""Shared REST API pieces: pagination and JSON errors that say what is wrong and where."""
+"""Shared REST API pieces: pagination, and JSON errors that say what is wrong and where, in one shape:
+{"error": {"code", "message", "type", ...}}."""
 from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.contrib.auth.decorators import login_not_required
+from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+# Paths whose errors are answered in the API's JSON shape, whatever raised them.
+API_PREFIXES = ("/api/", "/v1/")
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES) or path in ("/api", "/v1")
+
+
+def error_type(status: int) -> str:
+    # "type" as OpenAI clients expect it in /v1/ errors; the same everywhere so there is one error shape.
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_body(status: int, code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "type": error_type(status)}}
+
+
+def error_response(status: int, code: str, message: str) -> JsonResponse:
+    """An error in the API's JSON shape, for code outside DRF's views (middleware, unknown paths)."""
+    return JsonResponse(error_body(status, code, message), status=status)
+
+
+def too_large_message() -> str:
+    return f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes (uploaded files aside)."
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = 413
+    default_detail = "The request body is too large."
+    default_code = "request_too_large"
 
 
 class Pagination(PageNumberPagination):
@@ -38,8 +72,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     """Answer every API error as {"error": {"code", "message", "fields"?, ...}}."""
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
+    elif isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge(too_large_message())
+    elif isinstance(exc, (BadRequest, SuspiciousOperation)):
+        # Django's own message may name server paths: say only that the request was refused.
+        exc = exceptions.ParseError("The request is malformed or refused as unsafe.")
     elif isinstance(exc, PermissionDenied):
-        exc = exceptions.PermissionDenied()
+        exc = exceptions.PermissionDenied(str(exc) or None)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -57,8 +96,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         detail = getattr(exc, "detail", str(exc))
         codes = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
         body = {"code": codes if isinstance(codes, str) else "error", "message": str(detail)}
-    # "type" as OpenAI clients expect it in /v1/ errors; the same everywhere so there is one error shape.
-    body["type"] = "server_error" if response.status_code >= 500 else "invalid_request_error"
+    body["type"] = error_type(response.status_code)
     response.data = {"error": body}
     return response
 
@@ -71,9 +109,7 @@ class FileValidationError(exceptions.ValidationError):
         self.extra = {"code": "invalid_file", "problems": problems}
 
 
+@login_not_required  # an unknown API path answers JSON 404, never a log-in redirect
 def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
     """Answer unknown /api/ paths in the API's JSON error shape instead of an HTML page."""
-    return JsonResponse(
-        {"error": {"code": "not_found", "message": f"no API endpoint at {request.path}; see /api/schema/"}},
-        status=404,
-    )
+    return error_response(404, "not_found", f"no API endpoint at {request.path}; see /api/schema/")

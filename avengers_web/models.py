@@ -18,6 +18,9 @@ class ApiToken(models.Model):
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True,
         help_text="Routing requests (route, answer, chat) this token may make per minute; empty: the site default.")
+    read_only = models.BooleanField(
+        default=False, help_text="Only reads (GET): no uploads, runs, snapshots, model changes or routed queries.")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="After this the token no longer works.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -41,3 +44,12 @@ class Activity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor or 'system'} {self.verb} {self.target}"
+
+
+class Platform(models.Model):
+    """No table: holds the platform-wide permissions that belong to no one model (see avengers_web.roles)."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [("manage_others", "Can change and control objects that other users own")]

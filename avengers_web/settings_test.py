@@ -5,6 +5,9 @@ import os
 
 # Tests get their own embedded server so they never touch the demo's data.
 os.environ.setdefault("AVENGERS_DATA_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".data", "test"))
+# Tests run as production does: DEBUG off, with a key of their own.
+os.environ.setdefault("DEBUG", "false")
+os.environ.setdefault("SECRET_KEY", "test-only-" + os.urandom(16).hex())
 
 from avengers_web.settings import *  # noqa: E402,F401,F403
 

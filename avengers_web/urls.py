@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_not_required
 from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from avengers_web import views
+from avengers_web import health, metrics, views
 from avengers_web.api import api_not_found
 from evaluation import views as evaluation_views
 from evaluation import views_runs
@@ -17,7 +18,10 @@ from routing import views_serving
 
 urlpatterns = [
     path("", views.overview, name="overview"),
-    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics, name="metrics"),
+    path("favicon.ico", login_not_required(RedirectView.as_view(url=static("favicon.svg"), permanent=True))),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("tokens/", views.token_list, name="tokens"),
@@ -53,9 +57,16 @@ urlpatterns = [
     path("api/v1/", include("evaluation.urls")),
     path("api/v1/", include("routing.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The split view serves Swagger UI's start-up script as a file, so the page needs no inline script (CSP).
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/<path:rest>", api_not_found),
     path("v1/", include("routing.urls_openai")),
     path("v1/<path:rest>", api_not_found),
     path("admin/", admin.site.urls),
 ]
+
+# Error pages without DEBUG; on /api/ and /v1/ the middleware answers in the API's JSON shape instead.
+handler400 = "avengers_web.errors.bad_request"
+handler403 = "avengers_web.errors.permission_denied"
+handler404 = "avengers_web.errors.page_not_found"
+handler500 = "avengers_web.errors.server_error"

@@ -8,7 +8,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from avengers_web.models import Activity, ApiToken
-from avengers_web.services import api_token_create, api_token_revoke
+from avengers_web.parsing import parse_id
+from avengers_web.roles import role_of
+from avengers_web.services import MAX_TOKEN_DAYS, api_token_create, api_token_revoke
 from evaluation import selectors as evaluation_selectors
 
 
@@ -17,17 +19,30 @@ def overview(request: HttpRequest) -> HttpResponse:
         "counts": evaluation_selectors.overview_counts(),
         "activity": Activity.objects.select_related("actor")[:20],
         "imports": evaluation_selectors.import_recent(5),
+        "in_progress": evaluation_selectors.runs_in_progress(),
     })
 
 
 @login_required
 def token_list(request: HttpRequest) -> HttpResponse:
     new_key = None
+    error = None
     if request.method == "POST":
         name = request.POST.get("name", "").strip()[:100]
-        _, new_key = api_token_create(user=request.user, name=name)
+        days_text = request.POST.get("expires_in_days", "").strip()
+        days = parse_id(days_text) if days_text else None
+        if days_text and days is None:
+            error = "Expires after: give a whole number of days, or leave it empty for a token that does not expire."
+        else:
+            try:
+                _, new_key = api_token_create(user=request.user, name=name, read_only=bool(request.POST.get("read_only")),
+                                              expires_in_days=days)
+            except ValueError as exc:
+                error = f"Expires after: {exc}."
     tokens = ApiToken.objects.filter(user=request.user)
-    return render(request, "avengers_web/tokens.html", {"tokens": tokens, "new_key": new_key})
+    return render(request, "avengers_web/tokens.html", {
+        "tokens": tokens, "new_key": new_key, "error": error, "role": role_of(request.user),
+        "max_days": MAX_TOKEN_DAYS}, status=400 if error else 200)
 
 
 @login_required

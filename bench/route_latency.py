@@ -25,6 +25,16 @@ Prints a summary, writes bench/results/route_latency-<UTC time>.json, exits 1 on
 
     .venv/bin/python bench/route_latency.py [--duration 60] [--quick] [--worker-class gthread --threads 4]
         [--latency-connections 1,4] [--throughput-connections 8] [--profile-seconds 20 --py-spy PATH]
+        [--baseline refused]
+
+With --url and --token it measures a server that is already running instead, e.g. the one `make demo` or
+`make run` starts (steps 1 and 2 skipped). That server has no empty endpoint: the baseline is then a refused
+request, POST /api/v1/route with `"snapshot": 0` (authentication, permissions, throttles, parsing and the
+input check, then a 400), and `--baseline refused` measures the same baseline here for comparison. Start the
+server with AVENGERS_RATE_LIMIT_PER_MINUTE=0, or the token's rate limit answers 429s:
+
+    AVENGERS_RATE_LIMIT_PER_MINUTE=0 make demo     # then, in another terminal:
+    .venv/bin/python bench/route_latency.py --url http://127.0.0.1:8000 --token "$(cat .data/demo-token)"
 """
 from __future__ import annotations
 
@@ -51,6 +61,8 @@ REPO = Path(__file__).resolve().parent.parent
 RECORDS = REPO.parent / "shared" / "data" / "llmrouter" / "records.jsonl"
 RESULTS = REPO / "bench" / "results"
 ROUTE, EMPTY, STATS = "/api/v1/route", "/api/v1/bench-empty", "/api/v1/bench-stats"
+# The refused baseline: the route endpoint with a body its input check refuses (a 400), sent with every query.
+REFUSED_EXTRA = ', "snapshot": 0'
 TARGET_P50_MS, TARGET_P99_MS, TARGET_RPS = 3.0, 10.0, 300.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -63,7 +75,9 @@ WRK_LUA = r"""
 local queries = {}
 local counter = 0
 local phase = tonumber(os.getenv("BENCH_PHASE"))
+local extra = os.getenv("BENCH_EXTRA") or ""
 local nthreads = tonumber(os.getenv("BENCH_THREADS"))
+local expected = tonumber(os.getenv("BENCH_EXPECT") or "200")
 local threads = {}
 statuses = {}
 first_error = ""
@@ -86,13 +100,13 @@ function request()
   local pass = phase * 1000 + math.floor(n / #queries)
   local text = queries[(n % #queries) + 1]
   if pass > 0 then text = text .. " (variant " .. pass .. ")" end
-  return wrk.format(nil, nil, nil, '{"query": ' .. text .. '"}')
+  return wrk.format(nil, nil, nil, '{"query": ' .. text .. '"' .. extra .. '}')
 end
 
 function response(status, headers, body)
   local key = tostring(status)
   statuses[key] = (statuses[key] or 0) + 1
-  if status >= 300 and first_error == "" then first_error = string.sub(body or "", 1, 300) end
+  if status ~= expected and first_error == "" then first_error = string.sub(body or "", 1, 300) end
 end
 
 function done(summary, latency, requests)
@@ -384,12 +398,15 @@ class Runner:
         self.meter = CpuMeter()
         (work / "load.lua").write_text(WRK_LUA)
 
-    def run(self, name: str, path: str, connections: int, seconds: float, threads: int = 1) -> Phase:
+    def run(self, name: str, path: str, connections: int, seconds: float, threads: int = 1, extra: str = "",
+            expect: int = 200) -> Phase:
+        """Load ``path`` with the queries (``extra`` appended to each JSON body); any status but ``expect`` is an error."""
         self.phase_number += 1
         phase = Phase(name, path, connections, seconds)
         out = self.work / f"phase-{self.phase_number}.txt"
         env = {**os.environ, "BENCH_PHASE": str(self.phase_number), "BENCH_THREADS": str(threads),
-               "BENCH_QUERIES": str(self.queries_file), "BENCH_TOKEN": self.token, "BENCH_OUT": str(out)}
+               "BENCH_QUERIES": str(self.queries_file), "BENCH_TOKEN": self.token, "BENCH_OUT": str(out),
+               "BENCH_EXTRA": extra, "BENCH_EXPECT": str(expect)}
         server0, db0 = self.meter.tree_seconds(self.gunicorn_pid), self.meter.tree_seconds(self.postgres_pid)
         busy0, idle0 = self.meter.machine_busy_idle()
         if self.wrk:
@@ -425,8 +442,8 @@ class Runner:
                 phase.histogram[int(float(value))] += int(count)
             elif kind == "first_error":
                 phase.first_error = rest.strip()
-        # wrk counts only status > 399 as errors; any status but 200 is one here.
-        phase.non_2xx = max(phase.non_2xx, sum(c for code, c in phase.statuses.items() if code != "200"))
+        # wrk counts only status > 399 as errors; any status but the expected one is one here.
+        phase.non_2xx = sum(c for code, c in phase.statuses.items() if code != str(expect))
         return phase
 
 
@@ -438,6 +455,7 @@ def load_generator(url: str, connections: int, seconds: float) -> None:
     parts = urlsplit(url)
     lines = [line.rstrip("\n")[:-1] for line in Path(os.environ["BENCH_QUERIES"]).read_text().splitlines()]
     phase = int(os.environ["BENCH_PHASE"])
+    extra, expect = os.environ.get("BENCH_EXTRA", ""), int(os.environ.get("BENCH_EXPECT", "200"))
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {os.environ['BENCH_TOKEN']}"}
     lock = threading.Lock()
     histogram: Counter[int] = Counter()
@@ -456,7 +474,7 @@ def load_generator(url: str, connections: int, seconds: float) -> None:
             pass_ = phase * 1000 + n // len(lines)
             if pass_ > 0:
                 text += f" (variant {pass_})"
-            body = '{"query": ' + text + '"}'
+            body = '{"query": ' + text + '"' + extra + '}'
             started = time.perf_counter()
             try:
                 connection.request("POST", parts.path, body=body.encode(), headers=headers)
@@ -476,7 +494,7 @@ def load_generator(url: str, connections: int, seconds: float) -> None:
             with lock:
                 histogram[elapsed] += 1
                 statuses[str(response.status)] += 1
-                if response.status >= 300 and not first_error[0]:
+                if response.status != expect and not first_error[0]:
                     first_error[0] = payload[:300].decode(errors="replace").replace("\n", " ")
 
     started = time.perf_counter()
@@ -600,13 +618,32 @@ def postgres_pid(data_dir: Path) -> int | None:
         return None
 
 
+def listener_pid(url: str) -> int | None:
+    """Return the pid of the process tree that listens on the URL's port here (a gunicorn master), if any."""
+    from urllib.parse import urlsplit
+
+    import psutil
+
+    port = urlsplit(url).port or 80
+    try:
+        pids = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+                and c.laddr and c.laddr.port == port and c.pid}
+    except psutil.AccessDenied:
+        return None
+    # The master and its workers share the socket: the master is the one whose parent does not.
+    roots = [pid for pid in pids if psutil.Process(pid).ppid() not in pids]
+    return roots[0] if len(roots) == 1 else None
+
+
 def fmt(value: float) -> str:
     return f"{value:.2f}"
 
 
 def report(result: dict[str, Any]) -> bool:
     ok = True
-    print("\n== Latency: route vs empty at the same connections (closed loop, merged rounds)")
+    baseline = result.get("baseline", "empty")
+    print(f"\n== Latency: route vs {baseline} at the same connections (closed loop, merged rounds)"
+          + ("; refused: POST /api/v1/route with a body it refuses (400)" if baseline == "refused" else ""))
     print(f"{'conns':>5} {'endpoint':<10} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
           f"{'max ms':>8} {'errors':>6}")
     for entry in result["latency"]:
@@ -643,7 +680,7 @@ def report(result: dict[str, Any]) -> bool:
     route = result["throughput"]["route"]
     ratio = route["rps"] / max(result["throughput"]["empty"]["rps"], 1e-9)
     met = route["rps"] >= TARGET_RPS and route["errors"] == 0 and route["seconds"] >= 59.5
-    print(f"route sustained {route['rps']:.1f} decisions/s ({ratio:.2f}x the empty endpoint) for "
+    print(f"route sustained {route['rps']:.1f} decisions/s ({ratio:.2f}x the {baseline} baseline) for "
           f"{route['seconds']:.0f} s with {route['errors']} errors; target {TARGET_RPS:g}/s for 60 s, no errors: "
           f"{'met' if met else 'MISSED'}")
     for entry in [*result["latency"], result["throughput"]]:
@@ -685,9 +722,20 @@ def main() -> None:
     parser.add_argument("--route-path", default=ROUTE, help="the endpoint measured against the empty one")
     parser.add_argument("--hold", type=float, default=0.0,
                         help="after the runs, keep the server up this many seconds (to attach a profiler)")
+    parser.add_argument("--baseline", choices=["empty", "refused"], default="empty",
+                        help="what the route endpoint is compared with: the empty endpoint (default) or a request "
+                             "the route endpoint refuses (400), the baseline any server has")
+    parser.add_argument("--url", default="",
+                        help="measure the server already running there (e.g. http://127.0.0.1:8000, from `make demo` "
+                             "or `make run`) instead of starting one; needs --token; the baseline is then refused")
+    parser.add_argument("--token", default="", help="an API token of that server (`make demo`: .data/demo-token)")
     parser.add_argument("--load-generator", nargs=3, metavar=("URL", "CONNECTIONS", "SECONDS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.url and not args.token:
+        parser.error("--url needs --token")
+    if args.url:
+        args.baseline, args.profile_seconds = "refused", 0.0
     if args.load_generator:
         url, connections, seconds = args.load_generator
         load_generator(url, int(connections), float(seconds))
@@ -703,9 +751,15 @@ def main() -> None:
     print(f"Machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gb']} GB, {info['platform']}, "
           f"Python {info['python']}, load average {info['loadavg_at_start'][0]:.2f}")
     print("Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
-    print(f"Server: gunicorn, {args.workers} workers, {args.worker_class}"
-          + (f" x {args.threads} threads" if args.worker_class == "gthread" else "")
-          + f", DB_CONN_MAX_AGE={args.conn_max_age}, DEBUG off")
+    if args.url:
+        print(f"Server: the one running at {args.url}")
+    else:
+        print(f"Server: gunicorn, {args.workers} workers, {args.worker_class}"
+              + (f" x {args.threads} threads" if args.worker_class == "gthread" else "")
+              + f", DB_CONN_MAX_AGE={args.conn_max_age}, DEBUG off")
+    # The baseline: its path, what its bodies carry beyond the query, and the status it answers.
+    base_path, base_extra, base_status = (EMPTY, "", 200) if args.baseline == "empty" else (
+        args.route_path, REFUSED_EXTRA, 400)
 
     work = Path(tempfile.mkdtemp(prefix="avengers-route-bench-"))
     data_dir = work / "data"
@@ -722,8 +776,11 @@ def main() -> None:
     server: subprocess.Popen[bytes] | None = None
     ok = False
     try:
-        print(f"Setting up in {work} ...", flush=True)
-        prepared = prepare(data_dir, args.embedder)
+        if args.url:
+            prepared: dict[str, Any] = {"token": args.token, "snapshot_version": None, "timings": {}}
+        else:
+            print(f"Setting up in {work} ...", flush=True)
+            prepared = prepare(data_dir, args.embedder)
         queries = test_queries()
         queries_file = work / "queries.txt"
         queries_file.write_text("".join(json.dumps(q, ensure_ascii=True) + "\n" for q in queries))
@@ -731,39 +788,47 @@ def main() -> None:
         print(f"Load tool: {'wrk (' + wrk + ')' if wrk else 'Python load generator (wrk not available)'}; "
               f"{len(queries)} test queries, each request's text distinct", flush=True)
 
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        log = work / "gunicorn.log"
-        server = start_gunicorn(env, port, args, log)
-        wait_ready(base, server, log)
+        if args.url:
+            base = args.url.rstrip("/")
+            server_pid, db_pid, route_view = listener_pid(base), None, "the server's own"
+        else:
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            log = work / "gunicorn.log"
+            server = start_gunicorn(env, port, args, log)
+            wait_ready(base, server, log)
+            server_pid, db_pid = server.pid, postgres_pid(data_dir)
+            with urllib.request.urlopen(base + STATS, timeout=10) as response:
+                route_view = json.loads(response.read())["route_view"]
         status, body = post(base + route_path, prepared["token"], {"query": queries[0]})
         if status != 200:
             raise SystemExit(f"POST {route_path} answered {status}: {body}")
-        status_empty, body_empty = post(base + EMPTY, prepared["token"], {"query": queries[0]})
-        if status_empty != 200 or body_empty != {}:
-            raise SystemExit(f"POST {EMPTY} answered {status_empty}: {body_empty}")
-        with urllib.request.urlopen(base + STATS, timeout=10) as response:
-            route_view = json.loads(response.read())["route_view"]
+        status_base, body_base = post(base + base_path, prepared["token"],
+                                      json.loads('{"query": ' + json.dumps(queries[0]) + base_extra + "}"))
+        if status_base != base_status or (args.baseline == "empty" and body_base != {}):
+            raise SystemExit(f"POST {base_path} ({args.baseline} baseline) answered {status_base}: {body_base}")
         print(f"Serving on {base}; {route_path} is {route_view}; sample answer: {json.dumps(body)[:400]}", flush=True)
 
-        runner = Runner(base, prepared["token"], queries_file, work, wrk, server.pid, postgres_pid(data_dir))
+        runner = Runner(base, prepared["token"], queries_file, work, wrk, server_pid, db_pid)
         # Warm-up: every worker (and every thread) loads the snapshot and the embedder on its first request.
         warm = runner.run("warm-up", route_path, max(8, args.workers * args.threads), 4.0 if args.quick else 8.0)
-        runner.run("warm-up empty", EMPTY, 4, 2.0)
+        runner.run("warm-up baseline", base_path, 4, 2.0, extra=base_extra, expect=base_status)
         print(f"Warm-up: {warm.requests} route requests, {warm.errors} errors", flush=True)
 
-        result: dict[str, Any] = {"machine": info, "args": vars(args), "setup": prepared["timings"],
+        result: dict[str, Any] = {"machine": info, "args": {**vars(args), "token": "(hidden)"},
+                                  "baseline": args.baseline, "setup": prepared["timings"],
                                   "snapshot_version": prepared["snapshot_version"], "route_view": route_view,
                                   "sample_route_response": body, "queries": len(queries),
                                   "load_tool": "wrk" if wrk else "python", "latency": []}
         for connections in [int(c) for c in args.latency_connections.split(",") if c.strip()]:
-            merged = {"empty": Phase("empty", EMPTY, connections, 0),
+            merged = {"empty": Phase("empty", base_path, connections, 0),
                       "route": Phase("route", route_path, connections, 0)}
             for round_ in range(args.rounds):
                 order = ("empty", "route") if round_ % 2 == 0 else ("route", "empty")
                 for key in order:
-                    path = EMPTY if key == "empty" else route_path
-                    phase = runner.run(f"latency {key} c={connections}", path, connections, args.latency_seconds)
+                    phase = runner.run(f"latency {key} c={connections}", *(
+                        (base_path, connections, args.latency_seconds, 1, base_extra, base_status) if key == "empty"
+                        else (route_path, connections, args.latency_seconds)))
                     merged[key].merge(phase)
                     print(f"  latency c={connections} {key:<5} round {round_ + 1}: {phase.requests} requests, "
                           f"p50 {phase.percentile_ms(50):.2f} ms, p99 {phase.percentile_ms(99):.2f} ms, "
@@ -776,22 +841,24 @@ def main() -> None:
                 "p99_ratio": round(route["p99_ms"] / empty["p99_ms"], 2)}})
 
         throughput = {}
-        for key, path in (("route", route_path), ("empty", EMPTY)):
+        for key, path in (("route", route_path), ("empty", base_path)):
             print(f"  throughput {key}: {args.duration:g} s at {args.throughput_connections} connections ...",
                   flush=True)
-            phase = runner.run(f"throughput {key}", path, args.throughput_connections, args.duration)
+            phase = runner.run(f"throughput {key}", path, args.throughput_connections, args.duration,
+                               *((1, base_extra, base_status) if key == "empty" else ()))
             throughput[key] = phase.as_dict()
         result["throughput"] = throughput
-        with urllib.request.urlopen(base + STATS, timeout=10) as response:
-            result["batchers_one_worker"] = json.loads(response.read())["batchers"]
-        if args.profile_seconds > 0 and args.py_spy:
+        if server is not None:
+            with urllib.request.urlopen(base + STATS, timeout=10) as response:
+                result["batchers_one_worker"] = json.loads(response.read())["batchers"]
+        if args.profile_seconds > 0 and args.py_spy and server is not None:
             print(f"  profiling one worker with py-spy for {args.profile_seconds:g} s under route load ...",
                   flush=True)
             result["profile"] = profile_worker(runner, args.py_spy, server.pid, route_path,
                                                args.throughput_connections, args.profile_seconds, work)
         elif args.profile_seconds > 0:
             print("  no profile: py-spy not found (pip install py-spy, or --py-spy PATH)", flush=True)
-        if args.hold > 0:
+        if args.hold > 0 and server is not None:
             print(f"Holding the server at {base} (gunicorn pid {server.pid}) for {args.hold:g} s; "
                   f"token {prepared['token']}", flush=True)
             time.sleep(args.hold)
@@ -815,9 +882,10 @@ def main() -> None:
             connections.close_all()
         except Exception:  # noqa: BLE001 - Django may not have been set up
             pass
-        from avengers_web import embedded_db
+        if not args.url:
+            from avengers_web import embedded_db
 
-        embedded_db.stop(data_dir / "pg")
+            embedded_db.stop(data_dir / "pg")
         if args.keep:
             print(f"Kept {work}")
         else:

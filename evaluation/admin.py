@@ -7,6 +7,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
+from evaluation.core.secrets import url_without_credentials
 from evaluation.models import (
     Dataset,
     DatasetImport,
@@ -19,6 +20,7 @@ from evaluation.models import (
     Query,
     QueryEmbedding,
 )
+from evaluation.providers import endpoint_refusal
 
 
 @admin.register(Dataset)
@@ -64,11 +66,27 @@ class LanguageModelAdminForm(forms.ModelForm):
         value = self.cleaned_data.get("api_key") or ""
         return value or (self.instance.api_key if self.instance.pk else "")
 
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        # As in the service: a new base URL clears the stored key unless one is typed in with it.
+        new_url = (cleaned.get("base_url") or "").strip().rstrip("/")
+        if self.instance.pk and not self.data.get("api_key") and new_url != self.instance.base_url.rstrip("/"):
+            cleaned["api_key"] = ""
+        refusal = endpoint_refusal(new_url) if new_url else None
+        if refusal is not None:
+            self.add_error("base_url", f"Not allowed here: {refusal}.")
+        return cleaned
+
+
+@admin.display(description="base URL")
+def _base_url(obj: LanguageModel | GenerationCache) -> str:
+    return url_without_credentials(obj.base_url)
+
 
 @admin.register(LanguageModel)
 class LanguageModelAdmin(admin.ModelAdmin):
     form = LanguageModelAdminForm
-    list_display = ["name", "base_url", "served_model_id", "is_active", "max_concurrency", "last_check_ok"]
+    list_display = ["name", _base_url, "served_model_id", "is_active", "max_concurrency", "last_check_ok"]
     list_filter = ["is_active", "last_check_ok", ("base_url", admin.EmptyFieldListFilter)]
     search_fields = ["name", "served_model_id", "base_url", "description"]
     readonly_fields = ["last_checked_at", "last_check_ok", "last_check_message", "created_at", "updated_at"]
@@ -129,6 +147,6 @@ class EvaluationBatchAdmin(admin.ModelAdmin):
 
 @admin.register(GenerationCache)
 class GenerationCacheAdmin(admin.ModelAdmin):
-    list_display = ["key", "served_model", "base_url", "hits", "created_at"]
+    list_display = ["key", "served_model", _base_url, "hits", "created_at"]
     list_filter = ["served_model"]
     search_fields = ["key", "served_model", "text"]

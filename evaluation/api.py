@@ -11,11 +11,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from avengers_web import roles
 from avengers_web.api import FileValidationError, Pagination
 from evaluation import selectors, services
 from evaluation.core.datasets import DatasetFileError
 from evaluation.core.endpoints import normalise_base_url
 from evaluation.core.sampling import ALLOWED_PARAMS
+from evaluation.core.secrets import url_without_credentials
 from evaluation.models import Dataset, LanguageModel, Query
 
 
@@ -51,6 +53,9 @@ class ImportSummaryOutput(serializers.Serializer):
 
 
 class DatasetListCreateApi(APIView):
+    pagination_class = Pagination  # its GET is a page: the schema documents it so
+    write_permissions = {"POST": roles.UPLOAD_DATASET}
+
     class DatasetUploadInput(serializers.Serializer):
         file = serializers.FileField(help_text="JSON Lines or CSV; the records format is read in full.")
         name = serializers.CharField(required=False, allow_blank=True, max_length=100,
@@ -80,6 +85,8 @@ class DatasetListCreateApi(APIView):
 
 
 class DatasetDetailApi(APIView):
+    write_permissions = {"PATCH": roles.EDIT_DATASET}
+
     class DatasetDetailOutput(DatasetOutput):
         stats = serializers.SerializerMethodField()
 
@@ -108,6 +115,7 @@ class DatasetDetailApi(APIView):
         dataset = selectors.dataset_get(pk)
         if dataset is None:
             raise Http404
+        roles.require(request.user, roles.EDIT_DATASET, dataset)
         serializer = self.DatasetUpdateInput(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         try:
@@ -130,6 +138,7 @@ class QueryOutput(serializers.ModelSerializer):
 
 
 class DatasetQueriesApi(APIView):
+    pagination_class = Pagination  # its GET is a page: the schema documents it so
     @extend_schema(operation_id="datasets_queries_list", responses=QueryOutput(many=True), parameters=[
         OpenApiParameter("split", str, enum=["train", "test"]),
         OpenApiParameter("task_type", str),
@@ -173,6 +182,7 @@ class DatasetImportDetailApi(APIView):
 
 
 class ModelOutput(serializers.ModelSerializer):
+    base_url = serializers.SerializerMethodField()
     has_api_key = serializers.SerializerMethodField()
     is_offline = serializers.BooleanField(read_only=True)
     n_responses = serializers.IntegerField(read_only=True)
@@ -184,6 +194,9 @@ class ModelOutput(serializers.ModelSerializer):
                   "cost_input_per_mtok", "cost_output_per_mtok", "description", "is_active", "is_offline",
                   "n_responses", "last_checked_at", "last_check_ok", "last_check_message", "created_at", "updated_at"]
 
+    def get_base_url(self, obj: LanguageModel) -> str:
+        return url_without_credentials(obj.base_url)
+
     def get_has_api_key(self, obj: LanguageModel) -> bool:
         return bool(obj.api_key)
 
@@ -191,7 +204,9 @@ class ModelOutput(serializers.ModelSerializer):
 class ModelInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     base_url = serializers.CharField(required=False, allow_blank=True, max_length=500,
-                                    help_text="OpenAI-compatible base URL such as http://gpu1:8000/v1; empty: offline.")
+                                    help_text="OpenAI-compatible base URL such as http://gpu1:8000/v1 (no "
+                                              "user:password@); empty: offline. A new base URL clears the stored "
+                                              "API key unless api_key is sent with it.")
     served_model_id = serializers.CharField(required=False, allow_blank=True, max_length=300)
     api_key = serializers.CharField(required=False, allow_blank=True, max_length=500, write_only=True,
                                     help_text="Write-only: never returned.")
@@ -224,6 +239,9 @@ def _model_errors_as_400(exc: Exception) -> serializers.ValidationError:
 
 
 class ModelListCreateApi(APIView):
+    pagination_class = Pagination  # its GET is a page: the schema documents it so
+    write_permissions = {"POST": roles.REGISTER_MODEL}
+
     @extend_schema(operation_id="models_list", responses=ModelOutput(many=True),
                    parameters=[OpenApiParameter("active", bool)])
     def get(self, request: Request) -> Response:
@@ -243,6 +261,8 @@ class ModelListCreateApi(APIView):
 
 
 class ModelDetailApi(APIView):
+    write_permissions = {"PATCH": roles.EDIT_MODEL, "DELETE": roles.EDIT_MODEL}
+
     @extend_schema(operation_id="models_retrieve", responses=ModelOutput)
     def get(self, request: Request, pk: int) -> Response:
         model = selectors.model_get(pk)
@@ -255,6 +275,7 @@ class ModelDetailApi(APIView):
         model = selectors.model_get(pk)
         if model is None:
             raise Http404
+        roles.require(request.user, roles.EDIT_MODEL, model)
         serializer = ModelInput(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         try:
@@ -269,11 +290,14 @@ class ModelDetailApi(APIView):
         model = selectors.model_get(pk)
         if model is None:
             raise Http404
+        roles.require(request.user, roles.EDIT_MODEL, model)
         services.model_set_active(model=model, user=request.user, active=False)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ModelTestConnectionApi(APIView):
+    write_permissions = {"POST": roles.EDIT_MODEL}
+
     class ConnectionCheckOutput(serializers.Serializer):
         ok = serializers.BooleanField()
         message = serializers.CharField()
@@ -285,6 +309,7 @@ class ModelTestConnectionApi(APIView):
         model = selectors.model_get(pk)
         if model is None:
             raise Http404
+        roles.require(request.user, roles.EDIT_MODEL, model)
         result = services.model_test_connection(model=model, user=request.user)
         return Response(self.ConnectionCheckOutput({"ok": result.ok, "message": result.message, "models": list(result.models),
                                                "latency_ms": result.latency_ms}).data)

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from avengers_web import roles
 from avengers_web.api import Pagination
 from evaluation import engine, selectors
 from evaluation.core.sampling import ALLOWED_PARAMS
@@ -99,14 +100,19 @@ def _run_error(exc: engine.RunError) -> serializers.ValidationError:
 
 def _change_run(request: Request, pk: int, action: Callable[..., EvaluationRun]) -> Response:
     """Apply a service (cancel, resume) to the run and answer with the run as it is now."""
+    run = _run_or_404(pk)
+    roles.require(request.user, roles.CONTROL_RUN, run)
     try:
-        action(run=_run_or_404(pk), user=request.user)
+        action(run=run, user=request.user)
     except engine.RunError as exc:
         raise _run_error(exc) from None
     return Response(RunOutput(_run_or_404(pk)).data)
 
 
 class RunListCreateApi(APIView):
+    pagination_class = Pagination  # its GET is a page: the schema documents it so
+    write_permissions = {"POST": roles.START_RUN}
+
     @extend_schema(operation_id="evaluations_list", responses=RunOutput(many=True),
                    parameters=[OpenApiParameter("status", str, enum=EvaluationRun.Status.values)])
     def get(self, request: Request) -> Response:
@@ -144,6 +150,8 @@ class RunDetailApi(APIView):
 
 
 class RunCancelApi(APIView):
+    write_permissions = {"POST": roles.CONTROL_RUN}
+
     @extend_schema(operation_id="evaluations_cancel", request=None, responses=RunOutput,
                    description="Stop the run: requests in flight finish and are saved; resume continues later.")
     def post(self, request: Request, pk: int) -> Response:
@@ -151,6 +159,8 @@ class RunCancelApi(APIView):
 
 
 class RunResumeApi(APIView):
+    write_permissions = {"POST": roles.CONTROL_RUN}
+
     @extend_schema(operation_id="evaluations_resume", request=None, responses=RunOutput,
                    description="Queue again only the samples that are missing or failed.")
     def post(self, request: Request, pk: int) -> Response:
@@ -174,6 +184,7 @@ class SampleOutput(serializers.ModelSerializer):
 
 
 class RunSamplesApi(APIView):
+    pagination_class = Pagination  # its GET is a page: the schema documents it so
     @extend_schema(operation_id="evaluations_samples_list", responses=SampleOutput(many=True), parameters=[
         OpenApiParameter("model", str, description="Model name."),
         OpenApiParameter("verdict", str, enum=["correct", "wrong", "ungraded", "failed"]),

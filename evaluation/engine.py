@@ -43,7 +43,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from avengers_web.services import User, activity_record, owner_of
-from evaluation import providers
+from evaluation import metrics, providers
 from evaluation.core import grading
 from evaluation.core.generation import (
     ChatRequest,
@@ -525,18 +525,21 @@ class _Outcome:
     job: _Job
     completion: Completion | None
     error: GenerationError | None
-    grades: tuple[grading.Grade | None, ...]
+    grades: tuple[grading.Grade | grading.GradingUnavailable | None, ...]
 
 
-def _grade(query: Query, text: str) -> grading.Grade | None:
+def _grade(query: Query, text: str) -> grading.Grade | grading.GradingUnavailable | None:
     """Grade one answer against the query's gold; None when there is nothing to grade against."""
     if not query.gold:
         return None
     options = {k: query.metadata[k] for k in GRADER_OPTIONS if k in (query.metadata or {})}
     if query.task_type == "code":
         options.setdefault("prompt", query.text)
+        options["allow_weak_sandbox"] = settings.SANDBOX_ALLOW_WEAK
     try:
         return grading.grade(query.task_type or "exact", text, query.gold, **options)
+    except grading.GradingUnavailable as exc:
+        return exc  # recorded as the sample's error, so that a resume grades it once the machine can
     except Exception as exc:
         # Graders do not raise on any text; a raise is our bug, and it must not cost the sample its answer.
         logger.exception("grading query %s failed", query.pk)
@@ -629,7 +632,9 @@ def _rows(run: EvaluationRun, run_model: EvaluationRunModel, outcome: _Outcome,
             row.update(error=(error.message if error else "") or "no answer",
                        error_kind=error.kind if error else "", attempts=error.attempts if error else None)
         grade = outcome.grades[position] if position < len(outcome.grades) else None
-        if grade is not None:
+        if isinstance(grade, grading.GradingUnavailable):
+            row.update(error=f"not graded: {grade}", error_kind="grading")
+        elif grade is not None:
             row.update(extracted=grade.extracted, score=grade.score, correct=grade.correct, grade_reason=grade.reason)
         rows.append(row)
     return rows
@@ -650,6 +655,7 @@ def _write(run: EvaluationRun, run_model: EvaluationRunModel,
         cursor.execute(sql, [row[c] for row in rows for c in _UPSERT_COLUMNS])
         written = cursor.rowcount
     model = run_model.model
+    metrics.samples_stored(model.name, rows)
     fresh = [
         GenerationCache(key=o.job.cache_key, base_url=model.base_url, served_model=model.model_id,
                         params=o.job.request.params(), text=o.completion.choices[0].text,

@@ -7,6 +7,7 @@ from typing import Any
 
 from django import forms
 
+from avengers_web.parsing import loads_json
 from evaluation.core.prompts import validate_templates
 from evaluation.core.sampling import ALLOWED_PARAMS, validate_sampling_params
 from evaluation.models import Dataset, LanguageModel
@@ -24,9 +25,11 @@ def _json_object(raw: str | None, validate: Callable[[Any], dict[str, Any]]) -> 
     if not text:
         return {}
     try:
-        value = json.loads(text)
+        value = loads_json(text)
     except json.JSONDecodeError as exc:
         raise forms.ValidationError(f"not valid JSON: {exc.msg}") from None
+    except ValueError as exc:  # nested too deep to parse, or a NUL that cannot be stored
+        raise forms.ValidationError(str(exc)) from None
     try:
         return validate(value)
     except ValueError as exc:
@@ -45,9 +48,11 @@ class DatasetTemplatesForm(forms.Form):
 
 class ModelForm(forms.ModelForm):
     base_url = forms.CharField(required=False, max_length=500, label="Base URL",
-                              help_text="OpenAI-compatible base URL, e.g. http://gpu1:8000/v1. Empty: offline model.")
+                              help_text="OpenAI-compatible base URL, e.g. http://gpu1:8000/v1, without user:password@. "
+                                        "Empty: offline model.")
     api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False), label="API key",
-                              help_text="Sent as a bearer token. Leave empty to keep the current key.")
+                              help_text="Sent as a bearer token. Leave empty to keep the current key; a changed base "
+                                        "URL clears it unless you enter it here again.")
     default_params = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}),
                                      label="Default sampling parameters",
                                      help_text=f"JSON object; keys: {', '.join(ALLOWED_PARAMS)}.")
@@ -80,11 +85,14 @@ class ModelForm(forms.ModelForm):
         return _json_object(self.cleaned_data.get("prompt_templates"), validate_templates)
 
     def changed_fields(self) -> dict[str, Any]:
-        """Return the cleaned values that differ from the instance; an empty API key keeps the old one."""
+        """Return the cleaned values that differ from the instance; an empty API key keeps the old one.
+
+        A key that was typed in is always returned, even the stored one: sent with a new base URL it is kept.
+        """
         data = dict(self.cleaned_data)
-        if not data.get("api_key"):
-            data.pop("api_key", None)
-        return {k: v for k, v in data.items() if getattr(self.instance, k, None) != v}
+        key = data.pop("api_key", "")
+        changed = {k: v for k, v in data.items() if getattr(self.instance, k, None) != v}
+        return {**changed, "api_key": key} if key else changed
 
     def _post_clean(self) -> None:
         # Model validation runs in the service; an empty API key must not wipe the stored one here.

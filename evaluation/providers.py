@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from django.conf import settings
 
+from evaluation.core.endpoints import AllowList, describe_reply, parse_allow_list
+from evaluation import metrics
 from evaluation.core.generation import (
     BREAKER_KINDS,
     ChatRequest,
@@ -24,6 +29,50 @@ from evaluation.core.generation import (
     RetryPolicy,
     parse_retry_after,
 )
+from evaluation.core.secrets import scrub, url_without_credentials
+
+_log = logging.getLogger(__name__)
+
+
+# --- Which endpoints may be called ------------------------------------------------------------------------------
+
+_RESOLVE_TTL_S = 30.0
+_resolved: dict[str, tuple[float, tuple[str, ...]]] = {}
+
+
+@functools.lru_cache(maxsize=8)
+def _allow_list(text: str) -> AllowList:
+    return parse_allow_list(text)
+
+
+def _resolve(host: str) -> tuple[str, ...]:
+    """Return the addresses ``host`` resolves to, cached for a few seconds (asked on every call to an endpoint)."""
+    now = time.monotonic()
+    cached = _resolved.get(host)
+    if cached is not None and now - cached[0] < _RESOLVE_TTL_S:
+        return cached[1]
+    infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    addresses = tuple(sorted({str(info[4][0]) for info in infos}))
+    _resolved[host] = (now, addresses)
+    return addresses
+
+
+def endpoint_refusal(url: str) -> str | None:
+    """Return why AVENGERS_MODEL_URL_ALLOW refuses a model or embedding endpoint at ``url``, or None to allow it."""
+    text = getattr(settings, "MODEL_URL_ALLOW", "") if settings.configured else ""
+    if not text:
+        return None
+    try:
+        refusal = _allow_list(text).refusal(url, resolve=_resolve)
+    except ValueError as exc:
+        return str(exc)
+    return None if refusal is None else f"{url_without_credentials(url)}: {refusal}"
+
+
+# --- Test connection --------------------------------------------------------------------------------------------
+
+_MAX_LISTED = 50  # model ids repeated from a /models reply, each cut to _MAX_ID_CHARS
+_MAX_ID_CHARS = 120
 
 
 @dataclass(frozen=True)
@@ -35,34 +84,56 @@ class ConnectionCheck:
 
 
 def check_connection(*, base_url: str, api_key: str, model_id: str, timeout_s: float) -> ConnectionCheck:
-    """Call GET {base_url}/models and say what the server serves, or why it could not be reached."""
+    """Call GET {base_url}/models and say what the server serves, or why it could not be reached.
+
+    The message never repeats the server's body (only its status and content type), never follows a redirect
+    and never contains the key or URL credentials.
+    """
+    secrets = (api_key,)
+    result = _check(base_url=base_url, api_key=api_key, model_id=model_id, timeout_s=timeout_s)
+    return dataclasses.replace(result, message=scrub(result.message, secrets),
+                               models=tuple(scrub(m, secrets) for m in result.models))
+
+
+def _check(*, base_url: str, api_key: str, model_id: str, timeout_s: float) -> ConnectionCheck:
     url = base_url.rstrip("/") + "/models"
+    shown = url_without_credentials(url)
+    refusal = endpoint_refusal(base_url)
+    if refusal is not None:
+        return ConnectionCheck(False, f"not called: {refusal}")
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     started = time.perf_counter()
     try:
-        response = httpx.get(url, headers=headers, timeout=timeout_s, follow_redirects=True)
+        response = httpx.get(url, headers=headers, timeout=timeout_s, follow_redirects=False)
     except httpx.ConnectError as exc:
-        return ConnectionCheck(False, f"could not connect to {url}: {_reason(exc)}. Is the server running there?")
+        return ConnectionCheck(False, f"could not connect to {shown}: {_reason(exc)}. Is the server running there?")
     except httpx.TimeoutException:
-        return ConnectionCheck(False, f"{url} gave no answer within {timeout_s:g} s")
-    except httpx.HTTPError as exc:
-        return ConnectionCheck(False, f"request to {url} failed: {_reason(exc)}")
+        return ConnectionCheck(False, f"{shown} gave no answer within {timeout_s:g} s")
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        return ConnectionCheck(False, f"request to {shown} failed: {_reason(exc)}")
     latency_ms = (time.perf_counter() - started) * 1000
-    if response.status_code in (401, 403):
-        return ConnectionCheck(False, f"{url} refused the API key (HTTP {response.status_code})", latency_ms=latency_ms)
-    if response.status_code == 404 and not base_url.rstrip("/").endswith("/v1"):
-        return ConnectionCheck(False, f"{url} answered 404; OpenAI-compatible servers usually live under /v1 "
-                                      f"(try {base_url.rstrip('/')}/v1)", latency_ms=latency_ms)
-    if response.status_code != 200:
-        return ConnectionCheck(False, f"{url} answered HTTP {response.status_code}: {response.text[:200]}",
+    code = response.status_code
+    if code in (401, 403):
+        return ConnectionCheck(False, f"{shown} refused the API key (HTTP {code})", latency_ms=latency_ms)
+    if 300 <= code < 400:
+        return ConnectionCheck(False, f"{shown} answered HTTP {code}, a redirect, which is not followed; give the "
+                                      "endpoint's own URL as the base URL", latency_ms=latency_ms)
+    if code == 404 and not base_url.rstrip("/").endswith("/v1"):
+        return ConnectionCheck(False, f"{shown} answered 404; OpenAI-compatible servers usually live under /v1 "
+                                      f"(try {url_without_credentials(base_url.rstrip('/'))}/v1)",
                                latency_ms=latency_ms)
+    not_a_list = (f"{shown} answered {describe_reply(code, response.headers.get('content-type'))}, which is not "
+                  "an OpenAI-compatible /v1/models response")
+    if code != 200:
+        return ConnectionCheck(False, not_a_list, latency_ms=latency_ms)
     try:
         payload = response.json()
-        ids = tuple(str(item["id"]) for item in payload["data"])
+        ids = tuple(str(item["id"])[:_MAX_ID_CHARS] for item in payload["data"])
     except (ValueError, KeyError, TypeError):
-        return ConnectionCheck(False, f"{url} answered, but not with an OpenAI-compatible model list",
-                               latency_ms=latency_ms)
-    listed = ", ".join(ids) if ids else "none"
+        return ConnectionCheck(False, not_a_list, latency_ms=latency_ms)
+    listed = ", ".join(ids[:_MAX_LISTED]) if ids else "none"
+    if len(ids) > _MAX_LISTED:
+        listed += f" and {len(ids) - _MAX_LISTED} more"
     if model_id not in ids:
         return ConnectionCheck(False, f"reachable, but it does not serve {model_id!r}; it serves: {listed}",
                                ids, latency_ms)
@@ -75,9 +146,6 @@ def _reason(exc: Exception) -> str:
 
 
 # --- Chat completions -------------------------------------------------------------------------------------------
-
-_log = logging.getLogger(__name__)
-_ERROR_TEXT_CHARS = 300
 
 
 class OpenAIChatClient:
@@ -103,12 +171,14 @@ class OpenAIChatClient:
             raise ValueError(f"max_concurrency must be at least 1, not {max_concurrency}")
         self.base_url = base_url.rstrip("/")
         self.url = self.base_url + "/chat/completions"
+        self._shown_url = url_without_credentials(self.url)  # what messages name: never a user:password@
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.retry = retry
-        self.breaker = breaker if breaker is not None else CircuitBreaker()
-        self._api_key = api_key
+        self.breaker = breaker if breaker is not None else CircuitBreaker(
+            on_change=metrics.circuit_watcher(self.base_url))
+        self._secrets = (api_key,)
         self._sleep = sleep
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
@@ -119,10 +189,12 @@ class OpenAIChatClient:
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            follow_redirects=False,  # a redirect could send the key, or this request, anywhere
         )
 
     def __repr__(self) -> str:
-        return f"OpenAIChatClient(base_url={self.base_url!r}, max_concurrency={self.max_concurrency})"
+        return (f"OpenAIChatClient(base_url={url_without_credentials(self.base_url)!r}, "
+                f"max_concurrency={self.max_concurrency})")
 
     def complete(self, request: ChatRequest, *, timeout_s: float | None = None) -> Completion:
         """Return exactly ``request.n`` choices, topping up with more requests when the server returns fewer.
@@ -144,14 +216,18 @@ class OpenAIChatClient:
                 # Servers that ignore n (llama.cpp) would repeat the same sample for the same seed.
                 seed = None if request.seed is None else request.seed + len(choices)
                 part = dataclasses.replace(request, n=remaining, seed=seed)
-            reply, attempts = self._send(part, attempts_before=attempts, deadline=deadline)
+            try:
+                reply, attempts = self._send(part, attempts_before=attempts, deadline=deadline)
+            except GenerationError as error:
+                metrics.generation_failed(request.model, error.kind)
+                raise
             choices.extend(reply.choices[:remaining])
             if prompt_tokens is None:
                 prompt_tokens = reply.prompt_tokens
             completion_tokens = (None if completion_tokens is None or reply.completion_tokens is None
                                  else completion_tokens + reply.completion_tokens)
             server_model = server_model or reply.server_model
-        return Completion(
+        completion = Completion(
             choices=tuple(choices),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -159,6 +235,8 @@ class OpenAIChatClient:
             attempts=attempts,
             server_model=server_model,
         )
+        metrics.generation_done(request.model, completion)
+        return completion
 
     def close(self) -> None:
         """Close the pooled connections."""
@@ -177,7 +255,7 @@ class OpenAIChatClient:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     self.breaker.release()
-                    raise GenerationError("timeout", f"{self.url}: the request's time ran out after {attempts} "
+                    raise GenerationError("timeout", f"{self._shown_url}: the request's time ran out after {attempts} "
                                                      "attempt(s)", attempts=attempts, retryable=False)
                 attempts += 1
                 try:
@@ -205,13 +283,14 @@ class OpenAIChatClient:
                 delay = self.retry.delay_s(attempt, retry_after_s=retry_after, rng=self._rng)
             if deadline is not None and time.monotonic() + delay >= deadline:
                 raise self._give_up(failure, attempts, "the request's time runs out before the next attempt")
-            _log.info("%s; retrying in %.2f s (attempt %d of %d)", failure.message, delay, attempt + 1,
+            _log.info("%s; retrying in %.2f s (attempt %d of %d)", self._scrub(failure.message), delay, attempt + 1,
                       self.retry.max_attempts)
             self._sleep(delay)
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _post(self, payload: dict[str, Any], timeout_s: float | None = None) -> Completion:
         """Make one HTTP attempt; raise GenerationError (attempts=1) saying what went wrong."""
+        self._refuse_if_not_allowed()
         timeout = self._timeout(timeout_s)
         try:
             response = self._http.post(self.url, json=payload, timeout=timeout)
@@ -227,9 +306,14 @@ class OpenAIChatClient:
             return httpx.Timeout(self.timeout_s, connect=self.connect_timeout_s)
         return httpx.Timeout(timeout_s, connect=min(self.connect_timeout_s, timeout_s))
 
+    def _refuse_if_not_allowed(self) -> None:
+        refusal = endpoint_refusal(self.base_url)
+        if refusal is not None:
+            raise GenerationError("client_error", f"not called: {refusal}", retryable=False)
+
     def _transport_error(self, exc: Exception, timeout: httpx.Timeout) -> GenerationError:
         """Say what an httpx exception means for this endpoint."""
-        url = self.url
+        url = self._shown_url
         if isinstance(exc, httpx.ConnectTimeout):
             return GenerationError("timeout", f"could not connect to {url} within {timeout.connect:.3g} s; "
                                               "is the host up and the port open?")
@@ -250,27 +334,31 @@ class OpenAIChatClient:
                                                "Check the endpoint's base URL", retryable=False)
 
     def _status_error(self, response: httpx.Response) -> GenerationError | None:
-        """Return the error an HTTP status stands for, or None for a 2xx."""
-        url, code = self.url, response.status_code
+        """Return the error an HTTP status stands for, or None for a 2xx.
+
+        The message says the status and content type only: a server's body may be an internal page, or echo the key.
+        """
+        url, code = self._shown_url, response.status_code
+        if 200 <= code < 300:
+            return None
+        reply = describe_reply(code, response.headers.get("content-type"))
+        _log.debug("%s answered %s: %r", url, reply, self._scrub(response.text[:300]))
         if code == 429:
-            return _RateLimited(f"{url} is rate limiting (HTTP 429): {self._error_text(response)}",
+            return _RateLimited(f"{url} is rate limiting (HTTP 429)",
                                 retry_after_s=parse_retry_after(response.headers.get("Retry-After")))
         if code >= 500:
-            return GenerationError("server_error", f"{url} answered HTTP {code}: {self._error_text(response)}",
-                                   status_code=code)
+            return GenerationError("server_error", f"{url} answered {reply}", status_code=code)
         if code in (401, 403):
-            return GenerationError("client_error", f"{url} refused the API key (HTTP {code}): "
-                                                   f"{self._error_text(response)}. Check the endpoint's API key",
-                                   status_code=code)
+            return GenerationError("client_error", f"{url} refused the API key (HTTP {code}). Check the endpoint's "
+                                                   "API key", status_code=code)
+        if 300 <= code < 400:
+            return GenerationError("client_error", f"{url} answered HTTP {code}, a redirect, which is not followed; "
+                                                   "give the endpoint's own URL as the base URL", status_code=code)
         if code == 404:
             hint = ("; check the model name and that the base URL ends in /v1" if not self.base_url.endswith("/v1")
                     else "; check the model name")
-            return GenerationError("client_error", f"{url} answered HTTP 404: {self._error_text(response)}{hint}",
-                                   status_code=code)
-        if not 200 <= code < 300:
-            return GenerationError("client_error", f"{url} rejected the request with HTTP {code}: "
-                                                   f"{self._error_text(response)}", status_code=code)
-        return None
+            return GenerationError("client_error", f"{url} answered {reply}{hint}", status_code=code)
+        return GenerationError("client_error", f"{url} rejected the request with {reply}", status_code=code)
 
     def stream(self, request: ChatRequest, *, timeout_s: float | None = None) -> Iterator[str]:
         """Yield the text of one streamed chat completion (``stream: true``) piece by piece, as it arrives.
@@ -289,6 +377,7 @@ class OpenAIChatClient:
                 raise self._circuit_open(0)
             started = False
             try:
+                self._refuse_if_not_allowed()
                 with self._http.stream("POST", self.url, json=payload, timeout=timeout) as response:
                     if response.status_code >= 300:
                         response.read()
@@ -340,10 +429,9 @@ class OpenAIChatClient:
         try:
             event = json.loads(data)
         except ValueError:
-            raise GenerationError("malformed", f"{self.url} streamed an event that is not JSON: {data[:200]}"
-                                  ) from None
+            raise GenerationError("malformed", f"{self._shown_url} streamed an event that is not JSON") from None
         if isinstance(event, dict) and event.get("error"):
-            raise GenerationError("server_error", f"{self.url} streamed an error: {str(event['error'])[:300]}")
+            raise GenerationError("server_error", f"{self._shown_url} streamed an error event")
         try:
             delta = event["choices"][0].get("delta") or {}
         except (KeyError, IndexError, TypeError, AttributeError):
@@ -352,13 +440,13 @@ class OpenAIChatClient:
         return content if isinstance(content, str) else ""
 
     def _parse(self, response: httpx.Response) -> Completion:
-        url = self.url
+        url, code = self._shown_url, response.status_code
+        reply = describe_reply(code, response.headers.get("content-type"))
         try:
             body = response.json()
         except ValueError:
-            raise GenerationError("malformed", f"{url} answered HTTP {response.status_code} with a body that is not "
-                                               f"JSON: {self._error_text(response)}",
-                                  status_code=response.status_code) from None
+            raise GenerationError("malformed", f"{url} answered {reply} with a body that is not JSON",
+                                  status_code=code) from None
         try:
             raw_choices = body["choices"]
             if not isinstance(raw_choices, list) or not raw_choices:
@@ -370,10 +458,8 @@ class OpenAIChatClient:
                     raise TypeError("content is not a string")
                 choices.append(Choice(text=text, finish_reason=str(raw.get("finish_reason") or "")))
         except (KeyError, TypeError, AttributeError):
-            raise GenerationError("malformed", f"{url} answered HTTP {response.status_code} but not with an OpenAI "
-                                               f"chat completion (no choices[].message.content): "
-                                               f"{self._error_text(response)}",
-                                  status_code=response.status_code) from None
+            raise GenerationError("malformed", f"{url} answered {reply} but not with an OpenAI chat completion "
+                                               "(no choices[].message.content)", status_code=code) from None
         usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
         return Completion(
             choices=tuple(choices),
@@ -397,31 +483,14 @@ class OpenAIChatClient:
         retry_in = self.breaker.retry_in_s()
         last = f"; last error: {self._last_failure}" if self._last_failure else ""
         return CircuitOpenError(
-            self._scrub(f"{self.url} failed repeatedly, so no request was sent (circuit breaker open); "
+            self._scrub(f"{self._shown_url} failed repeatedly, so no request was sent (circuit breaker open); "
                         f"retry in {retry_in:.1f} s{last}"),
             retry_in_s=retry_in, attempts=attempts,
         )
 
-    def _error_text(self, response: httpx.Response) -> str:
-        """Return the server's error message, or the start of its body, without the API key."""
-        text = response.text
-        try:
-            error = response.json().get("error")
-            if isinstance(error, dict) and error.get("message"):
-                text = str(error["message"])
-            elif isinstance(error, str) and error:
-                text = error
-        except (ValueError, AttributeError):
-            pass
-        text = " ".join(text.split()) or "(empty body)"
-        if len(text) > _ERROR_TEXT_CHARS:
-            text = text[:_ERROR_TEXT_CHARS] + "…"
-        return self._scrub(text)
-
     def _scrub(self, text: str) -> str:
         # Some servers echo the key they refused; never let it reach a message, a log or the database.
-        # Keys too short to be secret ("x") would garble the text instead.
-        return text.replace(self._api_key, "***") if len(self._api_key) >= 4 else text
+        return scrub(text, self._secrets)
 
 
 class _RateLimited(GenerationError):

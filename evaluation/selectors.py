@@ -8,6 +8,7 @@ from typing import Any
 from django.db.models import Avg, Count, Q, QuerySet, Sum
 from django.utils import timezone
 
+from avengers_web.parsing import parse_id
 from evaluation.models import (
     Dataset,
     DatasetImport,
@@ -235,6 +236,12 @@ def run_list(*, status: str = "") -> QuerySet[EvaluationRun]:
     return runs.filter(status=status) if status else runs
 
 
+def runs_in_progress(limit: int = 20) -> list[tuple[EvaluationRun, RunProgress]]:
+    """Return the pending and running evaluations with their progress, oldest first (the overview shows them)."""
+    active = [EvaluationRun.Status.PENDING, EvaluationRun.Status.RUNNING]
+    return [(run, run_progress(run)) for run in run_list().filter(status__in=active).order_by("id")[:limit]]
+
+
 def run_get(pk: int) -> EvaluationRun | None:
     return run_list().filter(pk=pk).first()
 
@@ -242,8 +249,9 @@ def run_get(pk: int) -> EvaluationRun | None:
 def dataset_by_name_or_id(value: str | int) -> Dataset | None:
     text = str(value).strip()
     found = Dataset.objects.filter(name=text).first()
-    if found is None and text.isdigit():
-        found = Dataset.objects.filter(pk=int(text)).first()
+    pk = parse_id(text)
+    if found is None and pk is not None:
+        found = Dataset.objects.filter(pk=pk).first()
     return found
 
 
@@ -254,8 +262,9 @@ def models_by_name_or_id(values: list[str]) -> tuple[list[LanguageModel], list[s
     for value in values:
         text = str(value).strip()
         model = LanguageModel.objects.filter(name=text).first()
-        if model is None and text.isdigit():
-            model = LanguageModel.objects.filter(pk=int(text)).first()
+        pk = parse_id(text)
+        if model is None and pk is not None:
+            model = LanguageModel.objects.filter(pk=pk).first()
         if model is None:
             unknown.append(text)
         elif model not in found:

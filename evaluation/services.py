@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
 from functools import partial
@@ -30,6 +30,7 @@ from evaluation.core.datasets import (
 )
 from evaluation.core.endpoints import normalise_base_url
 from evaluation.core.prompts import validate_templates
+from evaluation.core.secrets import scrub
 from evaluation.core.sampling import validate_sampling_params
 from evaluation.models import Dataset, DatasetImport, LanguageModel, ModelResponse, Query
 from evaluation.tasks import dataset_import_run as dataset_import_run_task
@@ -293,6 +294,10 @@ def dataset_update(*, dataset: Dataset, user: User, **fields: Any) -> Dataset:
 
 def _clean_model_fields(fields: dict[str, Any]) -> dict[str, Any]:
     fields = _clean_templates(fields)
+    key = fields.get("api_key") or ""
+    if key and not (key.isascii() and key.isprintable() and " " not in key):
+        # It travels in an HTTP header (Authorization: Bearer KEY), which holds printable ASCII only.
+        raise ModelFieldError("api_key", "The API key must be printable ASCII without spaces.")
     if "default_params" in fields:
         try:
             fields["default_params"] = validate_sampling_params(fields["default_params"] or {})
@@ -303,6 +308,9 @@ def _clean_model_fields(fields: dict[str, Any]) -> dict[str, Any]:
             fields["base_url"] = normalise_base_url(fields["base_url"] or "")
         except ValueError as exc:
             raise ModelFieldError("base_url", f"The URL {exc}.") from None
+        refusal = providers.endpoint_refusal(fields["base_url"]) if fields["base_url"] else None
+        if refusal is not None:
+            raise ModelFieldError("base_url", f"Not allowed here: {refusal}.")
     return fields
 
 
@@ -327,8 +335,15 @@ def model_create(*, user: User, name: str, **fields: Any) -> LanguageModel:
 
 
 def model_update(*, model: LanguageModel, user: User, **fields: Any) -> LanguageModel:
-    """Change the given fields of a model endpoint and nothing else."""
+    """Change the given fields of a model endpoint and nothing else.
+
+    A new base URL clears the stored API key unless a key comes with it: the key was given for the old
+    endpoint, and whoever moves the model must not be able to send it elsewhere.
+    """
     fields = _clean_model_fields(fields)
+    if ("base_url" in fields and fields["base_url"] != model.base_url.rstrip("/") and not fields.get("api_key")
+            and model.api_key):
+        fields["api_key"] = ""
     if not fields:
         return model
     for key, value in fields.items():
@@ -353,6 +368,7 @@ def model_test_connection(*, model: LanguageModel, user: User = None) -> provide
     else:
         result = providers.check_connection(base_url=model.base_url, api_key=model.api_key,
                                             model_id=model.model_id, timeout_s=settings.MODEL_CHECK_TIMEOUT_S)
+    result = replace(result, message=scrub(result.message, (model.api_key,)))
     model.last_checked_at = timezone.now()
     model.last_check_ok = result.ok
     model.last_check_message = result.message

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -14,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from avengers_web import roles
 from evaluation import selectors, services
 from evaluation.core.datasets import TASK_TYPES, DatasetFileError
 from evaluation.core.prompts import DEFAULT_TEMPLATES
@@ -49,14 +49,16 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "evaluation/dataset_detail.html", {
         "dataset": dataset, "stats": stats, "page": page, "rows": rows, "model_names": model_names,
         "split": split, "task_type": task_type, "q": search, "task_types": TASK_TYPES,
+        "can_edit": roles.may(request.user, roles.EDIT_DATASET, dataset),
     })
 
 
-@login_required
+@roles.role_required(roles.EDIT_DATASET)
 def dataset_templates(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = selectors.dataset_get(pk)
     if dataset is None:
         raise Http404("No such dataset")
+    roles.require(request.user, roles.EDIT_DATASET, dataset)
     form = DatasetTemplatesForm(request.POST or None,
                                 initial={"prompt_templates": json.dumps(dataset.prompt_templates or {}, indent=1)})
     if request.method == "POST" and form.is_valid():
@@ -68,7 +70,7 @@ def dataset_templates(request: HttpRequest, pk: int) -> HttpResponse:
     })
 
 
-@login_required
+@roles.role_required(roles.UPLOAD_DATASET)
 def dataset_upload(request: HttpRequest) -> HttpResponse:
     wants_json = request.headers.get("Accept", "").startswith("application/json")
     if request.method == "POST":
@@ -119,7 +121,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "evaluation/model_detail.html", context)
 
 
-@login_required
+@roles.role_required(roles.REGISTER_MODEL)
 def model_create(request: HttpRequest) -> HttpResponse:
     form = ModelForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -137,11 +139,12 @@ def model_create(request: HttpRequest) -> HttpResponse:
     return render(request, "evaluation/model_form.html", {"form": form, "title": "Register a model"})
 
 
-@login_required
+@roles.role_required(roles.EDIT_MODEL)
 def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
     model = selectors.model_get(pk)
     if model is None:
         raise Http404("No such model")
+    roles.require(request.user, roles.EDIT_MODEL, model)
     form = ModelForm(request.POST or None, instance=model)
     if request.method == "POST" and form.is_valid():
         try:
@@ -156,23 +159,25 @@ def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "evaluation/model_form.html", {"form": form, "title": f"Edit {model.name}", "model": model})
 
 
-@login_required
+@roles.role_required(roles.EDIT_MODEL)
 @require_POST
 def model_toggle_active(request: HttpRequest, pk: int) -> HttpResponse:
     model = selectors.model_get(pk)
     if model is None:
         raise Http404("No such model")
+    roles.require(request.user, roles.EDIT_MODEL, model)
     services.model_set_active(model=model, user=request.user, active=not model.is_active)
     messages.success(request, f"{model.name} is now {'active' if model.is_active else 'inactive'}.")
     return redirect("model-detail", pk=pk)
 
 
-@login_required
+@roles.role_required(roles.EDIT_MODEL)
 @require_POST
 def model_test_connection(request: HttpRequest, pk: int) -> HttpResponse:
     model = selectors.model_get(pk)
     if model is None:
         raise Http404("No such model")
+    roles.require(request.user, roles.EDIT_MODEL, model)
     result = services.model_test_connection(model=model, user=request.user)
     (messages.success if result.ok else messages.error)(request, f"Test connection: {result.message}")
     return redirect("model-detail", pk=pk)

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from avengers_web import roles
 from evaluation import engine, selectors
 from evaluation.forms import EvaluationRunForm
 from evaluation.models import EvaluationRun
@@ -33,7 +33,7 @@ def evaluation_list(request: HttpRequest) -> HttpResponse:
     })
 
 
-@login_required
+@roles.role_required(roles.START_RUN)
 def evaluation_create(request: HttpRequest) -> HttpResponse:
     initial = {"dataset": request.GET.get("dataset"), "models": request.GET.getlist("model")}
     datasets, models = selectors.dataset_list(), selectors.run_model_choices()
@@ -71,16 +71,18 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     in_flight = progress.batches.get("running", 0) if run.status == EvaluationRun.Status.CANCELLED else 0
     return render(request, "evaluation/run_detail.html", {
         "run": run, "progress": progress, "in_flight": in_flight, "follow": run.is_active or in_flight > 0,
+        "can_control": roles.may(request.user, roles.CONTROL_RUN, run),
         "can_resume": not in_flight and (
             run.status == EvaluationRun.Status.CANCELLED
             or (run.status == EvaluationRun.Status.DONE and (progress.failed > 0 or progress.remaining > 0))),
     })
 
 
-@login_required
+@roles.role_required(roles.CONTROL_RUN)
 @require_POST
 def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     run = _run_or_404(pk)
+    roles.require(request.user, roles.CONTROL_RUN, run)
     try:
         engine.evaluation_run_cancel(run=run, user=request.user)
     except engine.RunError as exc:
@@ -90,10 +92,11 @@ def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("evaluation-detail", pk=pk)
 
 
-@login_required
+@roles.role_required(roles.CONTROL_RUN)
 @require_POST
 def evaluation_resume(request: HttpRequest, pk: int) -> HttpResponse:
     run = _run_or_404(pk)
+    roles.require(request.user, roles.CONTROL_RUN, run)
     try:
         run = engine.evaluation_run_resume(run=run, user=request.user)
     except engine.RunError as exc:

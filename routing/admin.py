@@ -14,6 +14,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
+from avengers_web.parsing import parse_id
 from routing.models import (
     EmbeddingJob,
     RouterSnapshot,
@@ -33,53 +34,86 @@ class EmbeddingJobAdmin(admin.ModelAdmin):
     search_fields = ["embedder", "message"]
 
 
+READ_WRITE = ["label"]  # a snapshot's free text; is_active changes through activation, which records who did it
+
+
 @admin.register(RouterSnapshot)
 class RouterSnapshotAdmin(admin.ModelAdmin):
+    """Snapshots are built by the build service and immutable: only the label can be edited here.
+
+    A new snapshot is built or derived on the dashboard (or the API); it is activated there too, which records
+    who did it. Everything else is what the build measured and what routing serves, so it is shown, never edited.
+    """
+
     list_display = ["version", "label", "kind", "status", "embedder", "method", "k", "router", "routes_with",
-                    "is_active", "created_at"]
+                    "is_active", "revision", "created_at"]
     list_filter = ["status", "kind", "is_active", "method", "embedder", "router"]
-    # The router a snapshot was built with is what it serves: shown, never edited here.
-    readonly_fields = ["router", "router_params", "router_chosen", "router_cv"]
     search_fields = ["label", "message"]
-    raw_id_fields = ["parent"]
-    filter_horizontal = ["datasets", "pool", "evaluation_runs"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: RouterSnapshot | None = None) -> list[str]:
+        fields = [f.name for f in RouterSnapshot._meta.get_fields()
+                  if (f.concrete or f.many_to_many) and not f.auto_created and f.name not in READ_WRITE]
+        return [*fields, "routes_with"]
+
+    def get_fields(self, request: HttpRequest, obj: RouterSnapshot | None = None) -> list[str]:
+        return [*READ_WRITE, *self.get_readonly_fields(request, obj)]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
 
     @admin.display(description="routes with")
     def routes_with(self, snapshot: RouterSnapshot) -> str:
         return (snapshot.router_chosen or {}).get("label", "")
 
 
+class _DerivedAdmin(admin.ModelAdmin):
+    """A snapshot's clusters, assignments and profiles: written by its build, shown here, deleted with it."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 @admin.register(SnapshotCluster)
-class SnapshotClusterAdmin(admin.ModelAdmin):
+class SnapshotClusterAdmin(_DerivedAdmin):
     list_display = ["snapshot", "index", "size", "dimensions", "order"]
     list_filter = ["snapshot"]
     search_fields = ["snapshot__label"]
-    raw_id_fields = ["snapshot"]
     exclude = ["centroid"]
 
 
 @admin.register(SnapshotQuery)
-class SnapshotQueryAdmin(admin.ModelAdmin):
+class SnapshotQueryAdmin(_DerivedAdmin):
     list_display = ["snapshot", "query", "cluster"]
     list_filter = ["snapshot"]
     search_fields = ["query__external_id", "query__text"]
-    raw_id_fields = ["snapshot", "query"]
 
 
 @admin.register(SnapshotProfile)
-class SnapshotProfileAdmin(admin.ModelAdmin):
+class SnapshotProfileAdmin(_DerivedAdmin):
     list_display = ["snapshot", "cluster", "model", "rank", "n", "mean", "estimate"]
     list_filter = ["snapshot", "model"]
     search_fields = ["model__name"]
-    raw_id_fields = ["snapshot", "model"]
 
 
 @admin.register(SnapshotActivation)
 class SnapshotActivationAdmin(admin.ModelAdmin):
+    """Who activated which snapshot: written by activation (routing.services), never by hand."""
+
     list_display = ["snapshot", "activated_by", "activated_at"]
     list_filter = ["activated_at"]
     search_fields = ["snapshot__label", "activated_by__username"]
-    raw_id_fields = ["snapshot"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: SnapshotActivation | None = None) -> bool:
+        return False
 
 
 # ---------------------------------------------------------------------------------------------- decision log
@@ -96,8 +130,9 @@ class ClusterFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:  # type: ignore[type-arg]
         qs = RoutingDecision.objects.exclude(cluster=None)
         snapshot = request.GET.get("snapshot__id__exact", "")
-        if snapshot.isdigit():
-            qs = qs.filter(snapshot_id=int(snapshot))
+        snapshot_id = parse_id(snapshot)
+        if snapshot_id is not None:
+            qs = qs.filter(snapshot_id=snapshot_id)
         clusters = qs.values_list("cluster", flat=True).distinct().order_by("cluster")
         return [(str(c), str(c)) for c in clusters] + [("none", "not routed")]
 
@@ -105,8 +140,9 @@ class ClusterFilter(admin.SimpleListFilter):
         value = self.value()
         if value == "none":
             return queryset.filter(cluster__isnull=True)
-        if value is not None and value.lstrip("-").isdigit():
-            return queryset.filter(cluster=int(value))
+        cluster = parse_id(value)
+        if cluster is not None:
+            return queryset.filter(cluster=cluster)
         return queryset
 
 

@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from avengers_web import roles
 from avengers_web.api import Pagination
 from evaluation import selectors as evaluation_selectors
 from routing import selectors, services
@@ -34,7 +35,7 @@ def _calibration_error(exc: services.CalibrationError) -> serializers.Validation
 class SnapshotOutput(serializers.ModelSerializer):
     datasets = serializers.SerializerMethodField()
     pool = serializers.SerializerMethodField()
-    parent = serializers.PrimaryKeyRelatedField(read_only=True)
+    parent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)  # null: built, not derived
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
 
     class Meta:
@@ -93,6 +94,9 @@ def _models(values: list[str], field: str = "models") -> list[Any]:
 
 
 class SnapshotListCreateApi(APIView):
+    pagination_class = Pagination  # its GET is a page: the schema documents it so
+    write_permissions = {"POST": roles.BUILD_SNAPSHOT}
+
     @extend_schema(operation_id="snapshots_list", responses=SnapshotOutput(many=True))
     def get(self, request: Request) -> Response:
         paginator = Pagination()
@@ -134,13 +138,18 @@ def _derive(request: Request, pk: int, action: Callable[..., RouterSnapshot], **
 
 
 class SnapshotActivateApi(APIView):
+    write_permissions = {"POST": roles.ACTIVATE_SNAPSHOT}
+
     @extend_schema(operation_id="snapshots_activate", request=None, responses=SnapshotOutput,
                    description="Make this snapshot the one routing uses; the activation is recorded with who and when.")
     def post(self, request: Request, pk: int) -> Response:
+        roles.require(request.user, roles.ACTIVATE_SNAPSHOT, _snapshot_or_404(pk))
         return _derive(request, pk, services.snapshot_activate)
 
 
 class SnapshotAddModelApi(APIView):
+    write_permissions = {"POST": roles.BUILD_SNAPSHOT}
+
     class AddModelInput(serializers.Serializer):
         model = serializers.CharField(help_text="Model name or id.")
 
@@ -155,6 +164,8 @@ class SnapshotAddModelApi(APIView):
 
 
 class SnapshotAddDatasetApi(APIView):
+    write_permissions = {"POST": roles.BUILD_SNAPSHOT}
+
     class AddDatasetInput(serializers.Serializer):
         dataset = serializers.CharField(help_text="Dataset name or id.")
 
@@ -214,6 +225,7 @@ class ProfileOutput(serializers.Serializer):
 
 
 class SnapshotProfilesApi(APIView):
+    pagination_class = Pagination  # its GET is a page: the schema documents it so
     @extend_schema(operation_id="snapshots_profiles_list", responses=ProfileOutput(many=True),
                    parameters=[OpenApiParameter("model", str, description="Only this model's profile.")])
     def get(self, request: Request, pk: int) -> Response:
@@ -258,6 +270,8 @@ class EmbeddingJobOutput(serializers.ModelSerializer):
 
 
 class EmbeddingJobCreateApi(APIView):
+    write_permissions = {"POST": roles.EMBED}
+
     class EmbeddingJobInput(serializers.Serializer):
         datasets = serializers.ListField(child=serializers.CharField(), min_length=1)
         embedder = serializers.CharField(default=lambda: settings.EMBEDDER,

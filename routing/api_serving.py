@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web.models import ApiToken
+from avengers_web.parsing import parse_id
 from avengers_web.throttling import TokenRateThrottle
 from evaluation.core.grading import TASK_TYPES
 from routing import serving
@@ -172,6 +173,7 @@ _errors = {
 
 class _ServingApi(APIView):
     throttle_classes = [TokenRateThrottle]
+    write_permissions: dict[str, str | None] = {"POST": None}  # every role may send queries; read-only tokens not
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
@@ -272,9 +274,9 @@ class ChatInput(serializers.Serializer):
 def _snapshot_of(model: str) -> int | None:
     if model == MODEL_NAME:
         return None
-    prefix = MODEL_NAME + "/"
-    if model.startswith(prefix) and model[len(prefix):].isdigit() and int(model[len(prefix):]) > 0:
-        return int(model[len(prefix):])
+    snapshot_id = parse_id(model.removeprefix(MODEL_NAME + "/")) if model.startswith(MODEL_NAME + "/") else None
+    if snapshot_id:  # 0 names no snapshot
+        return snapshot_id
     raise ServingFailed(serving.ServingError(
         404, "model_not_found", f"The model {model!r} does not exist here; use \"avengers\" (the active router "
                                 "snapshot) or \"avengers/<snapshot id>\" (GET /v1/models lists them)."))
@@ -309,11 +311,18 @@ _chat_completion = inline_serializer("ChatCompletion", {
 })
 
 
+_chat_reply = "A chat completion; with stream: true, server-sent chat.completion.chunk events (text/event-stream)."
+# One server-sent event of a streamed chat (the schema of each event, as OpenAPI 3.2's itemSchema means it).
+_chat_event = inline_serializer("ChatCompletionEvent", {
+    "data": serializers.CharField(help_text="A chat.completion.chunk as JSON; the last event's data is [DONE]."),
+})
+
+
 class ChatCompletionsApi(_ServingApi):
     @extend_schema(
         request=ChatInput, tags=["openai"], summary="OpenAI-compatible chat completion, routed",
-        responses={200: OpenApiResponse(_chat_completion, description="A chat completion (or, with stream: true, "
-                                                                      "server-sent chat.completion.chunk events)."),
+        responses={(200, "application/json"): OpenApiResponse(_chat_completion, description=_chat_reply),
+                   (200, "text/event-stream"): OpenApiResponse(_chat_event, description=_chat_reply),
                    **_errors},
         description="Send `model: \"avengers\"`: the last user message is routed; the reply's content is the voted "
                     "answer's full response, the decision is in `avengers` and in X-Avengers-* headers. "

@@ -1,12 +1,19 @@
 """Routing tables: embedding jobs, router snapshots (clusters, assignments, capability profiles) and activations.
 
 Query embeddings live in ``evaluation.QueryEmbedding`` so that every app can read them. A snapshot is
-immutable once built: deriving one (a new model, a new dataset) makes a new snapshot.
+immutable once built: deriving one (a new model, a new dataset) makes a new snapshot. Its row refuses, in
+``save()``, any change but its label and whether it is active, and its clusters, assignments and profiles refuse
+changes once written; the build service writes what it computes with ``QuerySet.update()`` and ``bulk_create``.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import models
+from django.db.models import F
+from django.db.models.signals import m2m_changed
+from django.dispatch import receiver
 from pgvector.django import VectorField
 
 from evaluation.models import Dataset, EvaluationRun, LanguageModel, Query
@@ -42,6 +49,18 @@ class EmbeddingJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)
+
+
+def _differs(field: models.Field[Any, Any], value: Any, stored: Any) -> bool:
+    """Return whether ``value``, read as the field reads input, differs from what the database holds."""
+    try:
+        return bool(field.to_python(value) != stored)
+    except Exception:  # noqa: BLE001 - a value the field cannot even read is a change
+        return True
+
+
+class SnapshotImmutable(ValueError):
+    """A change to what a snapshot routes with: only the build service writes it, and only while building."""
 
 
 class RouterSnapshot(models.Model):
@@ -97,9 +116,15 @@ class RouterSnapshot(models.Model):
     n_train = models.PositiveIntegerField(default=0)
     n_test = models.PositiveIntegerField(default=0)
     is_active = models.BooleanField(default=False)
+    revision = models.PositiveIntegerField(
+        default=0, editable=False,
+        help_text="Counts the changes since the build (label, activation); each web process reloads on a change.")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    # What save() may change on an existing row; everything else is the build service's (QuerySet.update()).
+    EDITABLE_FIELDS = ("label", "is_active")
 
     class Meta:
         ordering = ["-version"]
@@ -115,8 +140,74 @@ class RouterSnapshot(models.Model):
     def is_finished(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Insert, or write the changed editable fields and bump ``revision``; refuse a change to any other field."""
+        if self._state.adding or self.pk is None:
+            super().save(*args, **kwargs)
+            return
+        # Deferred fields (not in __dict__) were neither loaded nor set: unchanged.
+        fields = [f for f in self._meta.concrete_fields
+                  if not f.primary_key and f.attname != "revision" and f.attname in self.__dict__]
+        update_fields = kwargs.pop("update_fields", None)
+        if update_fields is not None:
+            names = set(update_fields)
+            fields = [f for f in fields if f.name in names or f.attname in names]
+        if not fields:
+            return
+        # The stored row, not what this object was loaded with: a build writes its row with update() meanwhile.
+        stored = type(self).objects.filter(pk=self.pk).values(*(f.attname for f in fields)).first()
+        if stored is None:
+            super().save(*args, update_fields=update_fields, **kwargs)  # Django's own error for a vanished row
+            return
+        changed = [f for f in fields if _differs(f, getattr(self, f.attname), stored[f.attname])]
+        refused = [f.name for f in changed if f.name not in self.EDITABLE_FIELDS]
+        if refused:
+            raise SnapshotImmutable(
+                f"snapshot v{self.version}: {', '.join(refused)} cannot be changed; only "
+                f"{' and '.join(self.EDITABLE_FIELDS)} can. Derive a new snapshot instead (add a model or a dataset, "
+                "or build one).")
+        if not changed:
+            return
+        self.revision = F("revision") + 1  # type: ignore[assignment]
+        super().save(*args, update_fields=[f.name for f in changed] + ["revision"], **kwargs)
+        self.refresh_from_db(fields=["revision"])
 
-class SnapshotCluster(models.Model):
+
+@receiver(m2m_changed, sender=RouterSnapshot.datasets.through)
+@receiver(m2m_changed, sender=RouterSnapshot.pool.through)
+@receiver(m2m_changed, sender=RouterSnapshot.evaluation_runs.through)
+def _refuse_inputs_of_built_snapshots(sender: Any, instance: Any, action: str, reverse: bool,
+                                      pk_set: set[int] | None, **kwargs: Any) -> None:
+    """A built snapshot's datasets, pool and evaluation runs are what its clusters and profiles came from."""
+    if action not in ("pre_add", "pre_remove", "pre_clear"):
+        return
+    if not reverse:
+        snapshots = RouterSnapshot.objects.filter(pk=instance.pk)
+    elif pk_set is not None:
+        snapshots = RouterSnapshot.objects.filter(pk__in=pk_set)
+    else:  # clearing from the other side: every snapshot it belongs to
+        field = next(f for f in RouterSnapshot._meta.many_to_many if f.remote_field.through is sender)
+        snapshots = RouterSnapshot.objects.filter(**{field.name: instance})
+    built = list(snapshots.filter(clusters__isnull=False).values_list("version", flat=True).distinct())
+    if built:
+        raise SnapshotImmutable(f"snapshot v{min(built)} is built: its datasets, models and evaluation runs cannot "
+                                "change. Derive a new snapshot instead.")
+
+
+class _WrittenOnce(models.Model):
+    """A row a snapshot's build writes (bulk_create) and deletes, never changes: save() refuses an update."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise SnapshotImmutable(f"{self}: a snapshot's clusters, assignments and profiles are written by its "
+                                    "build and never changed.")
+        super().save(*args, **kwargs)
+
+
+class SnapshotCluster(_WrittenOnce):
     """A cluster of a snapshot: its centroid (pgvector), size, the datasets it draws from, its place on the map."""
 
     snapshot = models.ForeignKey(RouterSnapshot, on_delete=models.CASCADE, related_name="clusters")
@@ -137,7 +228,7 @@ class SnapshotCluster(models.Model):
         return f"v{self.snapshot_id} cluster {self.index}"
 
 
-class SnapshotQuery(models.Model):
+class SnapshotQuery(_WrittenOnce):
     """A train query a snapshot used, its cluster, and its point on the 2-D map."""
 
     snapshot = models.ForeignKey(RouterSnapshot, on_delete=models.CASCADE, related_name="assignments")
@@ -154,7 +245,7 @@ class SnapshotQuery(models.Model):
         return f"v{self.snapshot_id} q{self.query_id} -> {self.cluster}"
 
 
-class SnapshotProfile(models.Model):
+class SnapshotProfile(_WrittenOnce):
     """A model's capability in one cluster: scored train queries, mean score, robust estimate and rank."""
 
     snapshot = models.ForeignKey(RouterSnapshot, on_delete=models.CASCADE, related_name="profiles")

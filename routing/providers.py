@@ -2,7 +2,9 @@
 
 The client implements routing.core.embedding.EmbeddingClient; the core embedder scales its vectors to
 unit length. Connection errors, timeouts, 429 and 5xx answers are retried with exponential backoff;
-every other failure raises at once with a message that says what to fix.
+every other failure raises at once with a message that says what to fix. Messages give the status and content
+type of a bad reply, never its body, and never the key; redirects are not followed; AVENGERS_MODEL_URL_ALLOW
+applies as to model endpoints.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from typing import Any
 
 import httpx
 
-from evaluation.core.endpoints import normalise_base_url
+from evaluation.core.endpoints import describe_reply, normalise_base_url
+from evaluation.core.secrets import scrub
+from evaluation.providers import endpoint_refusal
 from routing.core.embedding import OpenAIEmbedder
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})  # timeouts, overload, server errors
@@ -42,14 +46,16 @@ class OpenAIEmbeddingClient:
             raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
         self.model = model
         self.url = self.base_url + "/embeddings"
+        self._secrets = (api_key,)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # One pooled client: repeated batches reuse the connection.
+        # No redirects: one could send the key, or the texts, anywhere.
         self._http = httpx.Client(headers=headers, timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
-                                  follow_redirects=True)
+                                  follow_redirects=False)
 
     def close(self) -> None:
         self._http.close()
@@ -64,10 +70,16 @@ class OpenAIEmbeddingClient:
         """Return the endpoint's vector for each text, in the order of ``texts``."""
         if not texts:
             return []
-        response = self._post({"model": self.model, "input": list(texts)})
-        return self._vectors(response, len(texts))
+        try:
+            response = self._post({"model": self.model, "input": list(texts)})
+            return self._vectors(response, len(texts))
+        except EmbeddingProviderError as exc:
+            raise type(exc)(scrub(str(exc), self._secrets)) from None
 
     def _post(self, payload: dict[str, Any]) -> httpx.Response:
+        refusal = endpoint_refusal(self.base_url)
+        if refusal is not None:
+            raise EmbeddingProviderError(f"not called: {refusal}")
         attempts = self.max_retries + 1
         for attempt in range(attempts):
             last = attempt == attempts - 1
@@ -86,7 +98,7 @@ class OpenAIEmbeddingClient:
                 if response.status_code not in RETRY_STATUS:
                     self._raise_for_status(response)
                     return response
-                problem = f"{self.url} answered HTTP {response.status_code}: {_server_message(response)}"
+                problem = f"{self.url} answered {_reply(response)}"
                 retry_after = _retry_after(response)
             if last:
                 tries = f" (after {attempts} attempts)" if attempts > 1 else ""
@@ -101,16 +113,19 @@ class OpenAIEmbeddingClient:
             return
         if status in (401, 403):
             raise EmbeddingProviderError(f"{self.url} refused the API key (HTTP {status})")
+        if 300 <= status < 400:
+            raise EmbeddingProviderError(f"{self.url} answered HTTP {status}, a redirect, which is not followed; give "
+                                         "the endpoint's own URL as the base URL")
         if status == 404 and not self.base_url.endswith("/v1"):
             raise EmbeddingProviderError(
                 f"{self.url} answered 404; OpenAI-compatible servers usually live under /v1 (try {self.base_url}/v1)"
             )
         if status in (404, 405, 501):
             raise EmbeddingProviderError(
-                f"{self.url} answered HTTP {status}: this server does not serve embeddings "
-                f"(vLLM needs an embedding model, llama.cpp needs --embedding); {_server_message(response)}"
+                f"{self.url} answered {_reply(response)}: this server does not serve embeddings "
+                "(vLLM needs an embedding model, llama.cpp needs --embedding)"
             )
-        raise EmbeddingProviderError(f"{self.url} answered HTTP {status}: {_server_message(response)}")
+        raise EmbeddingProviderError(f"{self.url} answered {_reply(response)}")
 
     def _vectors(self, response: httpx.Response, expected: int) -> list[list[float]]:
         try:
@@ -120,7 +135,7 @@ class OpenAIEmbeddingClient:
             vectors = [item["embedding"] for item in ordered]
         except (ValueError, KeyError, TypeError, AttributeError):
             raise EmbeddingProviderError(
-                f"{self.url} answered, but not with an OpenAI-compatible embeddings list: {response.text[:200]!r}"
+                f"{self.url} answered {_reply(response)}, but not with an OpenAI-compatible embeddings list"
             ) from None
         if len(vectors) != expected:
             raise EmbeddingProviderError(f"{self.url} returned {len(vectors)} embeddings for {expected} texts")
@@ -151,19 +166,9 @@ def _reason(exc: Exception) -> str:
     return "connection refused" if "refused" in text.lower() else text
 
 
-def _server_message(response: httpx.Response) -> str:
-    """Return the error message in an OpenAI-style error body, or the start of the body."""
-    try:
-        body = response.json()
-        error = body.get("error", body) if isinstance(body, dict) else body
-        message = error.get("message") if isinstance(error, dict) else None
-        if message is None and isinstance(body, dict):
-            message = body.get("detail")
-        if message:
-            return str(message)[:300]
-    except ValueError:
-        pass
-    return response.text[:300] or "(empty body)"
+def _reply(response: httpx.Response) -> str:
+    """Return "HTTP 500 (text/html)": what a reply was, never what it said."""
+    return describe_reply(response.status_code, response.headers.get("content-type"))
 
 
 def _retry_after(response: httpx.Response) -> float | None:

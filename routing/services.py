@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Avg, Max, Q
+from django.db.models import Avg, F, Max, Q
 from django.urls import reverse
 from django.utils import timezone
 from numpy.typing import NDArray
@@ -420,8 +420,10 @@ def snapshot_activate(*, snapshot: RouterSnapshot, user: User = None) -> RouterS
         raise CalibrationError("snapshot", f"v{snapshot.version} is {snapshot.status}; only a finished snapshot "
                                            "can route")
     with transaction.atomic():
-        RouterSnapshot.objects.select_for_update().filter(is_active=True).exclude(pk=snapshot.pk).update(is_active=False)
-        RouterSnapshot.objects.filter(pk=snapshot.pk).update(is_active=True)
+        # Each revision bump tells every web process to reload what it serves (routing.serving).
+        RouterSnapshot.objects.select_for_update().filter(is_active=True).exclude(pk=snapshot.pk).update(
+            is_active=False, revision=F("revision") + 1)
+        RouterSnapshot.objects.filter(pk=snapshot.pk).update(is_active=True, revision=F("revision") + 1)
         SnapshotActivation.objects.create(snapshot=snapshot, activated_by=owner_of(user))
     activity_record(actor=user, verb="activated router snapshot", target=f"v{snapshot.version}",
                     url=_snapshot_url(snapshot))

@@ -1,8 +1,9 @@
 """The routing service: route a query through a router snapshot, answer it with the team, log the decision.
 
 One process keeps, for each snapshot it has served, a ``RoutingTable`` in memory (centroids, estimates, the
-team), the embedder, and one HTTP client per model endpoint. The active snapshot's id is looked up at most
-every ``AVENGERS_ROUTING_REFRESH_S`` seconds, so activating another snapshot takes effect within that time.
+team), the embedder, and one HTTP client per model endpoint. The (id, revision) of the snapshot a request is
+served from is read at most every ``AVENGERS_ROUTING_REFRESH_S`` seconds, and a table older than that revision
+is reloaded, so activating another snapshot, or editing one's label, reaches every process within that time.
 
 Entry points (called by routing.api_serving, the OpenAI-compatible views and the dashboard playground):
 
@@ -36,7 +37,7 @@ from evaluation.core.generation import ChatRequest, Completion, GenerationError,
 from evaluation.core.grading import TASK_TYPES, extract_answer, normaliser
 from evaluation.core.prompts import render, resolve_template
 from evaluation.models import LanguageModel
-from routing import decision_log
+from routing import decision_log, metrics
 from routing.core.batching import MicroBatcher
 from routing.core.voting import answer_key
 from routing.core.embedding import Embedder, get_embedder
@@ -76,22 +77,6 @@ def _keep_loaded() -> None:
     gc.freeze()
 
 
-_tables: dict[int, RoutingTable] = {}
-_tables_lock = threading.Lock()
-_active: tuple[float, int | None] = (0.0, None)  # (checked at, active snapshot id)
-
-
-def active_snapshot_id() -> int | None:
-    """Return the active snapshot's id, asking the database at most every AVENGERS_ROUTING_REFRESH_S."""
-    global _active
-    checked, snapshot_id = _active
-    if time.monotonic() - checked < settings.ROUTING_REFRESH_S:
-        return snapshot_id
-    snapshot_id = RouterSnapshot.objects.filter(is_active=True).values_list("id", flat=True).first()
-    _active = (time.monotonic(), snapshot_id)
-    return snapshot_id
-
-
 @dataclass(frozen=True)
 class Served:
     """What a request is served from: the snapshot's id, version and embedder, and its routing table."""
@@ -101,30 +86,57 @@ class Served:
     embedder: str
     table: RoutingTable
     router: str = ""  # the label of the router the snapshot routes with
+    revision: int = 0  # the snapshot's revision when the table was read
 
 
-_snapshot_meta: dict[int, tuple[int, str, str]] = {}
+_tables: dict[int, Served] = {}  # snapshot id -> its table, as of the revision it records
+_tables_lock = threading.Lock()
+# (snapshot id, revision) of the active snapshot (key None) and of each snapshot a request named, as last read.
+_current: dict[int | None, tuple[float, tuple[int, int]]] = {}
+
+
+def current_snapshot(snapshot_id: int | None) -> tuple[int, int] | None:
+    """Return (id, revision) of the active snapshot, or of the one named; None when there is no such snapshot.
+
+    One indexed query at most every AVENGERS_ROUTING_REFRESH_S (0: on every request). Activating a snapshot,
+    or editing its label, bumps revisions, so every process serves the change within that time.
+    """
+    now = time.monotonic()
+    checked = _current.get(snapshot_id)
+    if checked is not None and now - checked[0] < settings.ROUTING_REFRESH_S:
+        return checked[1]
+    rows = RouterSnapshot.objects.filter(is_active=True) if snapshot_id is None else \
+        RouterSnapshot.objects.filter(pk=snapshot_id)
+    found = next(iter(rows.order_by().values_list("id", "revision")[:1]), None)
+    if found is None:
+        _current.pop(snapshot_id, None)  # unknown ids are not remembered: a caller could send any number of them
+    else:
+        _current[snapshot_id] = (now, found)
+    return found
 
 
 def _served(snapshot_id: int | None) -> Served:
-    if snapshot_id is None:
-        snapshot_id = active_snapshot_id()
+    current = current_snapshot(snapshot_id)
+    if current is None:
         if snapshot_id is None:
             raise ServingError(503, "no_active_snapshot", "No router snapshot is active. Build one and activate it "
                                                           "(dashboard: Routing, or POST /api/v1/snapshots/{id}/activate).")
-    table = _tables.get(snapshot_id)
-    if table is None:
+        _tables.pop(snapshot_id, None)
+        raise ServingError(404, "unknown_snapshot", f"There is no router snapshot {snapshot_id}.")
+    snapshot_id, revision = current
+    served = _tables.get(snapshot_id)
+    # Older than the database says: reload. (A table read after the check may be newer; it stays.)
+    if served is None or served.revision < revision:
         with _tables_lock:
-            table = _tables.get(snapshot_id)
-            if table is None:
-                table = _load_table(snapshot_id)
-                _tables[snapshot_id] = table
+            served = _tables.get(snapshot_id)
+            if served is None or served.revision < revision:
+                served = _load_table(snapshot_id)
+                _tables[snapshot_id] = served
                 _keep_loaded()
-    version, embedder, router = _snapshot_meta[snapshot_id]
-    return Served(snapshot_id, version, embedder, table, router)
+    return served
 
 
-def _load_table(snapshot_id: int) -> RoutingTable:
+def _load_table(snapshot_id: int) -> Served:
     snapshot = RouterSnapshot.objects.filter(pk=snapshot_id).first()
     if snapshot is None:
         raise ServingError(404, "unknown_snapshot", f"There is no router snapshot {snapshot_id}.")
@@ -169,21 +181,20 @@ def _load_table(snapshot_id: int) -> RoutingTable:
         categories=tuple(max(c[2].items(), key=lambda item: (item[1], item[0]))[0] if c[2] else "" for c in clusters),
         task_types=tuple(t.most_common(1)[0][0] if t else "" for t in task_types),
     )
-    _snapshot_meta[snapshot_id] = (snapshot.version, snapshot.embedder,
-                                   (snapshot.router_chosen or {}).get("label", "cluster"))
-    return table
+    return Served(snapshot_id, snapshot.version, snapshot.embedder, table,
+                  (snapshot.router_chosen or {}).get("label", "cluster"), snapshot.revision)
 
 
 def forget() -> None:
-    """Drop what this process has cached: tables, the active snapshot's id, the models (tests use it).
+    """Drop what this process has cached: tables, which snapshots they are, the models (tests use it).
 
-    Nothing else needs it: a snapshot is immutable once built, and the rest is re-read within seconds.
+    Nothing else needs it: a snapshot's table is reloaded when its revision changes, the rest is re-read within
+    AVENGERS_ROUTING_REFRESH_S.
     """
-    global _active, _models_cache
+    global _models_cache
     with _tables_lock:
         _tables.clear()
-        _snapshot_meta.clear()
-    _active = (0.0, None)
+        _current.clear()
     _models_cache = (0.0, {})
 
 
@@ -255,6 +266,13 @@ def embed_query(embedder: str, text: str) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - an embedder that cannot load is the service's problem, said plainly
         _log.exception("embedding with %s failed", embedder)
         raise ServingError(503, "embedding_failed", f"The embedder {embedder!r} failed: {exc}") from None
+
+
+def warm_up() -> Served:
+    """Load the active snapshot's routing table and its embedder into this process (GET /readyz calls it)."""
+    served = _served(None)
+    embed_query(served.embedder, "warm-up")
+    return served
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -392,7 +410,7 @@ class _Trace:
         timings["total"] = round(total, 3)
         route = self.route
         vote = outcome.vote if outcome is not None else None
-        return RoutingDecision(
+        row = RoutingDecision(
             request_id=self.request_id,
             created_at=timezone.now(),
             user=req.user if req.user is not None and getattr(req.user, "is_authenticated", False) else None,
@@ -426,6 +444,8 @@ class _Trace:
             status_code=status,
             error=error,
         )
+        metrics.observe_decision(row)  # every request, served or failed, makes exactly one row
+        return row
 
 
 def _candidates_json(route: Route, outcome: Outcome | None) -> list[dict[str, Any]]:

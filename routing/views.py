@@ -7,13 +7,14 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from avengers_web import roles
+from avengers_web.parsing import parse_id
 from evaluation.models import Dataset, LanguageModel
 from routing import selectors, services
 from routing.core.clustering import CLUSTERING_METHODS
@@ -63,9 +64,9 @@ def snapshot_list(request: HttpRequest) -> HttpResponse:
 def snapshot_detail(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _snapshot_or_404(pk)
     comparison = None
-    compare = request.GET.get("compare", "")
-    if compare.isdigit() and int(compare) != snapshot.pk:
-        other = selectors.snapshot_get(int(compare))
+    compare = parse_id(request.GET.get("compare", ""))
+    if compare is not None and compare != snapshot.pk:
+        other = selectors.snapshot_get(compare)
         if other is None:
             raise Http404("No such snapshot to compare with")
         comparison = selectors.snapshot_compare(snapshot, other)
@@ -80,6 +81,7 @@ def snapshot_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "activations": selectors.snapshot_activations(snapshot), "comparison": comparison,
         "choices": [s for s in selectors.snapshot_choices() if s.pk != snapshot.pk],
         "follow": _follow(snapshot),
+        "can_activate": roles.may(request.user, roles.ACTIVATE_SNAPSHOT, snapshot),
         "models_to_add": LanguageModel.objects.exclude(snapshots=snapshot).order_by("name"),
         "datasets_to_add": Dataset.objects.exclude(snapshots=snapshot).order_by("name"),
     })
@@ -94,10 +96,11 @@ def _heldout_chart(heldout: selectors.HeldoutTable) -> dict[str, Any] | None:
             "horizontal": True, "title": "In-distribution accuracy on the test split", "y_title": "accuracy (%)"}
 
 
-@login_required
+@roles.role_required(roles.ACTIVATE_SNAPSHOT)
 @require_POST
 def snapshot_activate(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _snapshot_or_404(pk)
+    roles.require(request.user, roles.ACTIVATE_SNAPSHOT, snapshot)
     try:
         services.snapshot_activate(snapshot=snapshot, user=request.user)
     except services.CalibrationError as exc:
@@ -154,7 +157,8 @@ def snapshot_map(request: HttpRequest, pk: int) -> HttpResponse:
 def model_profile_context(request: HttpRequest, model: LanguageModel) -> dict[str, Any]:
     """The "Routing profile" of the model page: the active snapshot's, or that of ``?snapshot=<id>``."""
     requested = request.GET.get("snapshot", "")
-    snapshot = selectors.snapshot_get(int(requested)) if requested.isdigit() else selectors.snapshot_active()
+    requested_id = parse_id(requested)
+    snapshot = selectors.snapshot_get(requested_id) if requested_id is not None else selectors.snapshot_active()
     profile = selectors.model_profile(model, snapshot) if snapshot is not None else None
     chart = None
     if profile is not None:
@@ -193,7 +197,7 @@ class SnapshotForm(forms.Form):
     label = forms.CharField(required=False, max_length=200)
 
 
-@login_required
+@roles.role_required(roles.BUILD_SNAPSHOT)
 def snapshot_create(request: HttpRequest) -> HttpResponse:
     form = SnapshotForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -213,22 +217,25 @@ def snapshot_create(request: HttpRequest) -> HttpResponse:
     return render(request, "routing/snapshot_form.html", {"form": form})
 
 
-@login_required
+@roles.role_required(roles.BUILD_SNAPSHOT)
 @require_POST
 def snapshot_derive(request: HttpRequest, pk: int) -> HttpResponse:
     """Add a model (same clusters) or a dataset (re-clustered): one action, a new snapshot."""
     snapshot = _snapshot_or_404(pk)
+    kind = "model" if request.POST.get("model") else "dataset"
+    text = request.POST.get(kind, "")
+    chosen_id = parse_id(text)
+    chosen: LanguageModel | Dataset | None = None
+    if chosen_id is not None:
+        chosen = (LanguageModel.objects if kind == "model" else Dataset.objects).filter(pk=chosen_id).first()
+    if chosen is None:
+        messages.error(request, f"Could not derive from {snapshot}: choose a {kind} from the list ({text!r} is none).")
+        return redirect("snapshot-detail", pk=pk)
     try:
-        if request.POST.get("model"):
-            model = LanguageModel.objects.filter(pk=request.POST["model"]).first()
-            if model is None:
-                raise Http404("No such model")
-            derived = services.snapshot_add_model(snapshot=snapshot, model=model, user=request.user)
+        if isinstance(chosen, LanguageModel):
+            derived = services.snapshot_add_model(snapshot=snapshot, model=chosen, user=request.user)
         else:
-            dataset = Dataset.objects.filter(pk=request.POST.get("dataset") or 0).first()
-            if dataset is None:
-                raise Http404("No such dataset")
-            derived = services.snapshot_add_dataset(snapshot=snapshot, dataset=dataset, user=request.user)
+            derived = services.snapshot_add_dataset(snapshot=snapshot, dataset=chosen, user=request.user)
     except services.CalibrationError as exc:
         messages.error(request, f"Could not derive from {snapshot}: {exc.message}")
         return redirect("snapshot-detail", pk=pk)

@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 
+from avengers_web import throttling
 from evaluation.core.datasets import TASK_TYPES
 from routing import selectors, selectors_traffic, serving
 from routing.models import RouterSnapshot, RoutingDecision
@@ -59,12 +60,23 @@ class PlaygroundForm(forms.Form):
 
 
 def playground(request: HttpRequest) -> HttpResponse:
-    """Ask the router a query (a log-in is needed, as for every write) and show how it was routed and answered."""
+    """Ask the router a query (a log-in is needed, as for every write) and show how it was routed and answered.
+
+    Queries count against the same per-minute limit as the API's (429 with Retry-After when it is used up).
+    """
     if request.method == "POST" and not request.user.is_authenticated:
         return redirect_to_login(request.get_full_path())
     form = PlaygroundForm(request.POST or None)
     result: dict[str, Any] | None = None
     error = None
+    wait = throttling.take_for_user(request.user) if request.method == "POST" else None
+    if wait is not None:
+        error = {"status": 429, "code": "throttled",
+                 "message": f"Too many queries this minute; try again in {max(1, int(wait + 0.999))} s."}
+        response = render(request, "routing/playground.html", {
+            "form": form, "error": error, "result": None, "active": selectors.snapshot_active()}, status=429)
+        response["Retry-After"] = str(max(1, int(wait + 0.999)))
+        return response
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         snapshot = data["snapshot"]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the Debian packages the tests drive for real: Redis (Celery broker) and Chromium (browser tests),
-# or with the argument `venv`, python3.11-venv for `make` to create .venv.
+# Install the Debian packages the tests drive for real: Redis (Celery broker), Chromium (browser tests) and
+# bubblewrap (the code sandbox's confinement, docs/GRADING.md); with the argument `venv`, python3.11-venv for
+# `make` to create .venv; with `sandbox`, only bubblewrap.
 # Does nothing when they are already there. Needs root or sudo on a Debian/Ubuntu machine.
 set -euo pipefail
 
@@ -9,8 +10,11 @@ missing=()
 if [ "${1:-}" = "venv" ]; then
     missing+=(python3.11-venv)
 else
-    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-    command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/bwrap ] || missing+=(bubblewrap)
+    if [ "${1:-}" != "sandbox" ]; then
+        command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+        command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
+    fi
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

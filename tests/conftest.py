@@ -36,7 +36,53 @@ def sample_records() -> Path:
 
 @pytest.fixture
 def user(django_user_model):  # type: ignore[no-untyped-def]
-    return django_user_model.objects.create_user(username="ada", password="lovelace-1815")
+    """An admin (every write allowed): the tests of features act as one; tests of roles use the ones below."""
+    from avengers_web.roles import set_role
+
+    ada = django_user_model.objects.create_user(username="ada", password="lovelace-1815")
+    set_role(ada, "admin")
+    return ada
+
+
+@pytest.fixture
+def client(django_user_model):  # type: ignore[no-untyped-def]
+    """Django's test client logged in as a viewer, since reading needs a log-in; ``anon_client`` is a visitor."""
+    from django.test import Client
+
+    from avengers_web.roles import set_role
+
+    reader = django_user_model.objects.create_user(username="reader", password="reader-password-1")
+    set_role(reader, "viewer")
+    logged_in = Client()
+    logged_in.force_login(reader)
+    return logged_in
+
+
+@pytest.fixture
+def anon_client():  # type: ignore[no-untyped-def]
+    from django.test import Client
+
+    return Client()
+
+
+@pytest.fixture
+def public_read(settings):  # type: ignore[no-untyped-def]
+    """AVENGERS_PUBLIC_READ=true: visitors may read the pages (the middleware that asks for a log-in is off)."""
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE
+                           if m != "django.contrib.auth.middleware.LoginRequiredMiddleware"]
+
+
+@pytest.fixture
+def make_user(django_user_model):  # type: ignore[no-untyped-def]
+    """make_user(name, role) -> a user with that role (viewer, editor or admin)."""
+    from avengers_web.roles import set_role
+
+    def make(name: str, role: str):  # type: ignore[no-untyped-def]
+        person = django_user_model.objects.create_user(username=name, password=f"{name}-password-1")
+        set_role(person, role)
+        return person
+
+    return make
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import json
 import math
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,11 @@ _NAME_RE = re.compile(NAME_PATTERN)
 MAX_ID_LENGTH = 255
 MAX_DATASET_NAME_LENGTH = 100
 MAX_MODEL_NAME_LENGTH = 200
+# A CSV with more columns is refused at its header: 3 columns per model (score, response, cost) leave room for
+# over 3,000 models. Every check of the header and the rows takes time linear in the number of columns.
+MAX_CSV_COLUMNS = 10_000
+# A JSON Lines record nested deeper is refused (records are two levels deep; metadata may add a few).
+MAX_RECORD_DEPTH = 32
 
 # Column names that mean "the query" / "the gold answer", first match wins.
 QUERY_ALIASES = ("query", "question", "prompt")
@@ -214,10 +220,35 @@ def _jsonl_rows(text: str, collector: _Collector) -> Iterator[tuple[int, dict[st
         except json.JSONDecodeError as exc:
             collector.add(Problem(number, "", f"not valid JSON ({exc.msg} at column {exc.colno})"))
             continue
+        except RecursionError:
+            collector.add(Problem(number, "", f"JSON nested more than {MAX_RECORD_DEPTH} levels deep"))
+            continue
         if not isinstance(value, dict):
             collector.add(Problem(number, "", f"expected a JSON object, got {type(value).__name__}"))
             continue
+        problem = _unstorable(raw, value)
+        if problem:
+            collector.add(Problem(number, "", problem))
+            continue
         yield number, value
+
+
+def _unstorable(raw: str, value: Any) -> str | None:
+    """Say why a parsed line cannot be stored (nested too deep, a NUL character), or None."""
+    if "\\u0000" not in raw and raw.count("{") + raw.count("[") <= MAX_RECORD_DEPTH:
+        return None  # the common case, decided without walking the value
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:  # iterative: the value may be nested far deeper than Python's recursion limit
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "a NUL character (\\u0000), which cannot be stored; remove it"
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_RECORD_DEPTH:
+                return f"JSON nested more than {MAX_RECORD_DEPTH} levels deep"
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return None
 
 
 def _csv_rows(text: str, collector: _Collector) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -230,8 +261,11 @@ def _csv_rows(text: str, collector: _Collector) -> Iterator[tuple[int, dict[str,
         header = [h.strip() for h in next(reader)]
     except (StopIteration, csv.Error) as exc:
         raise DatasetFileError([Problem(1, "", f"cannot read a CSV header ({exc})")]) from None
+    if len(header) > MAX_CSV_COLUMNS:
+        raise DatasetFileError([Problem(1, "header", f"the header has {len(header):,} columns, above the limit of "
+                                        f"{MAX_CSV_COLUMNS:,}; split the models' columns over several files")])
     lowered = [h.lower() for h in header]
-    duplicates = sorted({h for h in lowered if lowered.count(h) > 1 and h})
+    duplicates = sorted(h for h, n in Counter(lowered).items() if n > 1 and h)
     if duplicates:
         raise DatasetFileError([Problem(1, "header", f"duplicate column(s): {', '.join(duplicates)}")])
     if not any(alias in lowered for alias in QUERY_ALIASES):
@@ -254,13 +288,13 @@ def _csv_rows(text: str, collector: _Collector) -> Iterator[tuple[int, dict[str,
             collector.add(Problem(line, "", f"{len(cells)} cells but the header has {len(header)} columns"))
             continue
         row: dict[str, Any] = {}
-        for name, cell in zip(lowered, cells):
+        for original, name, cell in zip(header, lowered, cells):
             if cell.strip() == "" or not name:
                 continue
             match = _PER_MODEL_COLUMN.match(name)
             if match:
                 kind = {"score": "scores", "response": "responses", "cost": "costs"}.get(match[1], match[1])
-                model = header[lowered.index(name)][len(match[1]) + 1 :]
+                model = original[len(match[1]) + 1 :]
                 value: Any = cell
                 if kind != "responses":
                     try:

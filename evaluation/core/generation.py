@@ -160,16 +160,19 @@ class CircuitBreaker:
     """Stop calling an endpoint after ``failure_threshold`` consecutive failures; probe it again after ``reset_after_s``.
 
     A half-open breaker lets one trial through. A trial that never reports back (its caller released it
-    with ``release`` or died) stops blocking the next trial after another ``reset_after_s``.
+    with ``release`` or died) stops blocking the next trial after another ``reset_after_s``. ``on_change`` is
+    called with the new state after each change (an open breaker turns half-open when a request asks for it).
     """
 
     def __init__(self, *, failure_threshold: int = 5, reset_after_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[str], None] | None = None) -> None:
         if failure_threshold < 1:
             raise ValueError(f"failure_threshold must be at least 1, not {failure_threshold}")
         self.failure_threshold = failure_threshold
         self.reset_after_s = reset_after_s
         self._clock = clock
+        self.on_change = on_change
         self._lock = threading.Lock()
         self._state = "closed"
         self._failures = 0
@@ -194,6 +197,7 @@ class CircuitBreaker:
                 if now - self._opened_at < self.reset_after_s:
                     return False
                 self._state = "half_open"
+                self._changed("open")
             if self._trial_started_at is not None and now - self._trial_started_at < self.reset_after_s:
                 return False
             self._trial_started_at = now
@@ -202,13 +206,16 @@ class CircuitBreaker:
     def record_success(self) -> None:
         """Close the breaker: the endpoint answered."""
         with self._lock:
+            before = self._state
             self._state = "closed"
             self._failures = 0
             self._trial_started_at = None
+            self._changed(before)
 
     def record_failure(self) -> None:
         """Count a failure; open at the threshold, or re-open if this was the half-open trial."""
         with self._lock:
+            before = self._state
             now = self._clock()
             if self._state == "half_open":
                 self._open(now)
@@ -217,6 +224,12 @@ class CircuitBreaker:
                 if self._failures >= self.failure_threshold:
                     self._open(now)
             # Already open: a late failure from a request sent before it opened does not extend the wait.
+            self._changed(before)
+
+    def _changed(self, before: str) -> None:
+        # Under the lock, so that observers see the changes in the order they happened.
+        if self.on_change is not None and self._state != before:
+            self.on_change(self._state)
 
     def release(self) -> None:
         """End an attempt that says nothing about the endpoint's health (a 429, a 4xx): free the half-open trial."""

@@ -74,6 +74,10 @@ class Extraction:
     method: str  # "boxed", "json", "answer_colon", "the_answer_is", "last_line", "none"
 
 
+class GradingUnavailable(Exception):
+    """This machine cannot grade the response (the code sandbox refuses to run): no verdict on the answer."""
+
+
 class GraderFunction(Protocol):
     """Grade one response against its gold answer."""
 
@@ -358,6 +362,8 @@ def grade(task_type: str, response: str, gold: str, **options: Any) -> Grade:
         return Grade(False, 0.0, None, "response and gold must be strings")
     try:
         return grader(response, gold, **options)
+    except GradingUnavailable:
+        raise  # the machine, not the response: the caller records it as an error, not as a score
     except Exception as exc:  # noqa: BLE001 - one odd response must not abort a whole evaluation run
         return Grade(False, 0.0, None, f"grader error: {type(exc).__name__}: {exc}"[:300])
 
@@ -1266,8 +1272,8 @@ def _defined_functions(source: str) -> list[str]:
     return re.findall(r"^(?:async\s+)?def\s+([A-Za-z_]\w*)\s*\(", source, re.MULTILINE)
 
 
-def _build_script(program: str, tests: str, *, entry_point: str | None, prompt: str | None) -> str:
-    """Return the script that runs ``program`` and then its tests."""
+def _build_script(program: str, tests: str, *, entry_point: str | None, prompt: str | None) -> tuple[str, str]:
+    """Return the program as it will run (with the prompt's lines it needs) and the tests that follow it."""
     test_lines = _test_source(tests)
     if entry_point is None and prompt:
         defined = _defined_functions(prompt)
@@ -1282,7 +1288,7 @@ def _build_script(program: str, tests: str, *, entry_point: str | None, prompt: 
         # A complete function still relies on the prompt's imports ("from typing import List").
         imports = [line for line in prompt.splitlines() if re.match(r"(?:from\s+\S+\s+)?import\s", line)]
         program = "\n".join(imports + [program]) if imports else program
-    script = program.rstrip() + "\n\n\n" + test_lines + "\n"
+    script = test_lines + "\n"
     if re.search(r"^def\s+check\s*\(", test_lines, re.MULTILINE):
         if entry_point is None:
             defined = [name for name in _defined_functions(program) if name != "check"]
@@ -1290,7 +1296,7 @@ def _build_script(program: str, tests: str, *, entry_point: str | None, prompt: 
         if entry_point is None:
             raise ValueError("the tests define check(candidate) but no entry point is known")
         script += f"\n\ncheck({entry_point})\n"
-    return script
+    return program.rstrip() + "\n", script
 
 
 def _normalise_code(answer: str, **_: Any) -> str | None:
@@ -1300,10 +1306,14 @@ def _normalise_code(answer: str, **_: Any) -> str | None:
 
 
 @register_grader("code", description="Code: pass@1 of the extracted program against the tests in the sandbox.",
-                 options=("tests", "entry_point", "prompt", "timeout_s", "memory_mb"))
+                 options=("tests", "entry_point", "prompt", "timeout_s", "memory_mb", "allow_weak_sandbox"))
 def grade_code(response: str, gold: str, *, tests: str | None = None, entry_point: str | None = None,
-               prompt: str | None = None, timeout_s: float = 10.0, memory_mb: int = 512, **_: Any) -> Grade:
-    """Grade a program by running it with its tests in the sandbox: score 1.0 when all pass."""
+               prompt: str | None = None, timeout_s: float = 10.0, memory_mb: int = 512,
+               allow_weak_sandbox: bool = False, **_: Any) -> Grade:
+    """Grade a program by running it, then its tests, in the sandbox: score 1.0 when all ran and passed.
+
+    Raises GradingUnavailable when the sandbox cannot confine code here (see docs/GRADING.md).
+    """
     program = _normalise_code(response) if response.strip() else None
     if program is None:
         return Grade(False, 0.0, None, "no program found in the response")
@@ -1311,16 +1321,18 @@ def grade_code(response: str, gold: str, *, tests: str | None = None, entry_poin
     if not test_text or not test_text.strip():
         return Grade(False, 0.0, program, "no tests to run")
     try:
-        script = _build_script(program, test_text, entry_point=entry_point, prompt=prompt)
+        runnable, test_script = _build_script(program, test_text, entry_point=entry_point, prompt=prompt)
     except ValueError as exc:
         return Grade(False, 0.0, program, str(exc))
     from evaluation.core import sandbox  # written alongside; imported late so maths grading never needs it
 
     limits = sandbox.Limits(cpu_s=float(timeout_s), wall_s=float(timeout_s), memory_mb=int(memory_mb))
-    result = sandbox.run_python(script, limits=limits)
-    if result.passed:
+    result = sandbox.run_python(runnable, limits=limits, tests=test_script, allow_weak=bool(allow_weak_sandbox))
+    if result.status == "refused":
+        raise GradingUnavailable(result.reason)
+    if result.passed and result.finished:
         return Grade(True, 1.0, program, f"all tests passed in {result.duration_s:.2f}s")
-    detail = _last_error_line(result.stderr) or result.reason
+    detail = result.reason if result.returncode == 0 else _last_error_line(result.stderr) or result.reason
     return Grade(False, 0.0, program, f"tests {result.status}: {_short(detail, 200)}")
 
 

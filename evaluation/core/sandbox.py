@@ -1,34 +1,41 @@
-"""Run untrusted Python in a throwaway process with limits, no network and no inherited secrets.
+"""Run untrusted Python in a throwaway process with limits, no network, no host files and no inherited secrets.
 
-Pure Python (standard library only). Isolation is layered, and `capabilities()` says which layers
-this machine allows:
+Pure Python (standard library only); the supervisor (`sandbox_supervisor.py`) and the program's runner
+(`sandbox_runner.py`) are run from their source. Isolation is layered, and `capabilities()` says which
+layers this machine allows:
 
 1. Always: a separate process started from an explicit minimal environment, with rlimits on CPU
    time, address space, processes, file size, open files and core dumps, an audit hook that refuses
    socket connections, a wall-clock deadline, and every process it started killed afterwards.
-2. As root: the program runs as a dedicated unprivileged uid (one per concurrent run), so the
-   process limit is enforced and it cannot write outside its own directory.
-3. As root with CAP_SYS_ADMIN: new network, mount, PID, IPC and UTS namespaces. The network has
-   only a loopback interface that is down; the program sees a private root holding /usr, the Python
-   installation, a few /dev nodes and a size-limited tmpfs for /sandbox (its cwd) and /tmp; when it
-   ends, the kernel kills everything left in its PID namespace.
-
-Without root, the uid and namespace layers are unavailable (a user namespace is tried for the
-network); as root without a usable unprivileged uid, `run_python` refuses to run anything.
+2. Confinement, the first tier that works: as root with CAP_SYS_ADMIN, `namespaces` (new network,
+   mount, PID, IPC and UTS namespaces set up by the supervisor, the program as a dedicated
+   unprivileged uid); otherwise `bwrap`: bubblewrap with a user namespace and the same namespaces
+   (as root, bubblewrap itself already runs as the dedicated uid). Either way the network has only
+   loopback, the program sees a private root holding /usr, the Python installation, a few /dev nodes
+   and size-limited tmpfs for /sandbox (its cwd), /tmp and /dev/shm, it cannot signal any process
+   outside, and when it ends the kernel kills everything left in its PID namespace. The supervisor
+   adds up the memory of all the run's processes and tmpfs files and stops the run above memory_mb.
+3. Where neither works (no bubblewrap, no user namespaces), only weak tiers remain (`uid`, `user-netns`,
+   `user`): the program can reach the network through a child interpreter or ctypes, read what the
+   worker's user can read and signal its processes. `run_python` refuses to use them unless the caller
+   passes `allow_weak=True` (the Django setting AVENGERS_SANDBOX_ALLOW_WEAK).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import pwd
 import random
 import re
 import resource
+import secrets
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -38,7 +45,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-STATUSES = ("passed", "failed", "timeout", "memory", "error")
+STATUSES = ("passed", "failed", "timeout", "memory", "error", "refused")
+REFUSAL = ("the sandbox cannot confine code here: install bubblewrap or set AVENGERS_SANDBOX_ALLOW_WEAK=1, "
+           "see docs/GRADING.md")
 # Dedicated uids, one per concurrent run. Debian leaves 60000-64999 to packages that ask for one,
 # and systemd's DynamicUser range starts at 61184; slots whose uid has an account are skipped.
 SANDBOX_UID_BASE = 60100
@@ -47,6 +56,8 @@ MAX_OUTPUT_BYTES = 64 * 1024  # per stream: the first and last half are kept
 MAX_OPEN_FILES = 256
 _SUPERVISOR_GRACE_S = 5.0  # beyond wall_s, before the caller kills the supervisor itself
 _SLOT_WAIT_S = 60.0
+_BWRAP_SEARCH_PATH = "/usr/bin:/bin:/usr/local/bin"
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUTS = 0x04000000
@@ -61,20 +72,21 @@ _FULL_NAMESPACES = _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC 
 class Limits:
     cpu_s: float = 10.0
     wall_s: float = 15.0
-    memory_mb: int = 512
+    memory_mb: int = 512  # all the run's processes and files in /sandbox, /tmp and /dev/shm together
     max_processes: int = 16
     max_file_mb: int = 16
 
 
 @dataclass(frozen=True)
 class SandboxResult:
-    status: str  # "passed" | "failed" | "timeout" | "memory" | "error"
-    passed: bool  # True only when status == "passed" (exit code 0 within limits)
+    status: str  # "passed" | "failed" | "timeout" | "memory" | "error" | "refused"
+    passed: bool  # True only when status == "passed": exit status 0 within limits (and the tests finished)
     returncode: int | None  # exit code, or minus the signal number that killed it
     stdout: str  # at most MAX_OUTPUT_BYTES of it (the start and the end)
     stderr: str
     duration_s: float
     reason: str  # why, in words a person can act on
+    finished: bool = False  # the runner proved that the program (and its tests) ran to their last line
 
 
 @dataclass(frozen=True)
@@ -82,253 +94,23 @@ class _Tier:
     name: str
     unshare: int  # clone flags for the supervisor; with _CLONE_NEWNS it also builds a private root
     drop_user: bool
+    bwrap: bool = False
+    confines: bool = True  # False: a weak tier, used only when the caller allows it
+
+    @property
+    def pid_ns(self) -> bool:
+        return self.bwrap or bool(self.unshare & _CLONE_NEWPID)
 
     @property
     def private_root(self) -> bool:
-        return bool(self.unshare & _CLONE_NEWNS)
+        return self.bwrap or bool(self.unshare & _CLONE_NEWNS)
 
 
-_ROOT_TIERS = (_Tier("namespaces", _FULL_NAMESPACES, True), _Tier("uid", 0, True))
-_USER_TIERS = (_Tier("user-netns", _CLONE_NEWUSER | _CLONE_NEWNET, False), _Tier("user", 0, False))
-
-# The supervisor, run as `python -I -S -c _BOOTSTRAP CONFIG`. It enters the namespaces, forks an
-# init process (pid 1 of the new PID namespace, when there is one), which forks the program's
-# process: rlimits, drop to the sandbox uid, exec the runner. The init process enforces the
-# wall-clock deadline, kills everything that is left, and reports as JSON lines on an inherited fd.
-_BOOTSTRAP = r'''
-import ctypes, json, os, resource, signal, sys, time
-cfg = json.loads(sys.argv[1])
-REPORT = cfg["report_fd"]
-ROOT = cfg["root"]
-UID = cfg["uid"]
-FLAGS = cfg["unshare"]
-PRIVATE = bool(FLAGS & 0x00020000)
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
-    1, 2, 4, 8, 32, 4096, 16384, 1 << 18)
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-libc.unshare.argtypes = [ctypes.c_int]
-libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-
-def report(**items):
-    os.write(REPORT, (json.dumps(items) + "\n").encode())
-
-def check(ret, what):
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, what + ": " + os.strerror(err))
-
-def mount(src, dst, fstype, flags, data=None):
-    enc = lambda s: s.encode() if s is not None else None
-    check(libc.mount(enc(src), enc(dst), enc(fstype), flags, enc(data)), "mount " + dst)
-
-def prctl(option, value):
-    check(libc.prctl(option, value, 0, 0, 0), "prctl %d" % option)
-
-def build_root():
-    mount("tmpfs", ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=%dm,mode=755" % cfg["tmpfs_mb"])
-    bound = []
-    def bind(path, device=False):
-        dst = ROOT + path
-        if os.path.isdir(path):
-            os.makedirs(dst, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            open(dst, "a").close()
-        mount(path, dst, None, MS_BIND | MS_REC)
-        if not device:
-            mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-        bound.append(path)
-    for name in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        path = "/" + name
-        if os.path.islink(path):
-            os.symlink(os.readlink(path), ROOT + path)
-        elif os.path.isdir(path):
-            bind(path)
-    for path in cfg["python_dirs"]:
-        if not any(path == b or path.startswith(b + "/") for b in bound):
-            bind(path)
-    os.mkdir(ROOT + "/dev", 0o755)
-    for name in ("null", "zero", "full", "random", "urandom"):
-        if os.path.exists("/dev/" + name):
-            bind("/dev/" + name, device=True)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        os.symlink(target, ROOT + "/dev/" + name)
-    for path, mode in (("/tmp", 0o1777), ("/dev/shm", 0o1777), ("/proc", 0o555), ("/sandbox", 0o700)):
-        os.mkdir(ROOT + path)
-        os.chmod(ROOT + path, mode)
-    os.chown(ROOT + "/sandbox", UID, UID)
-
-def drop_user():
-    os.setgroups([])
-    os.setresgid(UID, UID, UID)
-    os.setresuid(UID, UID, UID)
-
-def run_program():
-    try:
-        os.setpgid(0, 0)
-        signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        for number, limit in cfg["rlimits"]:
-            soft, hard = resource.getrlimit(number)
-            if hard != resource.RLIM_INFINITY and os.geteuid() != 0:
-                limit = [min(limit[0], hard), min(limit[1], hard)]
-            resource.setrlimit(number, tuple(limit))
-        prctl(38, 1)  # PR_SET_NO_NEW_PRIVS: no setuid binary can hand privileges back
-        if UID is not None:
-            drop_user()
-        os.set_inheritable(REPORT, False)
-        python = cfg["python"]
-        os.execv(python, [python, "-S", "-c", cfg["runner"]])
-    except BaseException as exc:
-        report(error="could not start the program: %s" % exc)
-    os._exit(127)
-
-def children():
-    found = []
-    try:
-        for tid in os.listdir("/proc/self/task"):
-            with open("/proc/self/task/%s/children" % tid) as f:
-                found += [int(p) for p in f.read().split()]
-    except OSError:
-        pass
-    return found
-
-def reap_others(child):
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if info is None or info.si_pid == child:
-            return
-        os.waitpid(info.si_pid, 0)
-
-def kill_everything(child):
-    try:
-        os.killpg(child, signal.SIGKILL)
-    except OSError:
-        pass
-    if FLAGS & 0x20000000:
-        os.kill(-1, signal.SIGKILL)  # pid 1 of a PID namespace: every process in it
-    elif UID is not None:
-        killer = os.fork()
-        if killer == 0:
-            try:
-                drop_user()
-                os.kill(-1, signal.SIGKILL)  # as the sandbox uid: every process of that uid
-            except BaseException:
-                pass
-            os._exit(0)
-        os.waitpid(killer, 0)
-
-def reap_all():
-    # Orphans come to us (pid 1 or subreaper); kill each generation until none is left.
-    give_up = time.monotonic() + 5.0
-    while time.monotonic() < give_up:
-        for pid in children():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return 0
-        if pid == 0:
-            time.sleep(0.005)
-    return len(children()) or 1
-
-def supervise(parent):
-    try:
-        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if not FLAGS & 0x20000000 and os.getppid() != parent:
-            os._exit(1)
-        if not FLAGS & 0x20000000:
-            prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren are reparented to us
-        if PRIVATE:
-            mount("proc", ROOT + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            os.chroot(ROOT)
-            os.chdir("/sandbox")
-        started = time.monotonic()
-        child = os.fork()
-        if child == 0:
-            run_program()
-        try:
-            os.setpgid(child, child)
-        except OSError:
-            pass
-        report(child=child)
-        deadline = started + cfg["wall_s"]
-        timed_out = False
-        while os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-            reap_others(child)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            signal.sigtimedwait([signal.SIGCHLD], min(remaining, 1.0))
-        elapsed = time.monotonic() - started
-        kill_everything(child)
-        _, status, usage = os.wait4(child, 0)
-        leftovers = reap_all()
-        report(end={
-            "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-            "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss,
-            "timed_out": timed_out, "elapsed_s": elapsed, "leftovers": leftovers})
-    except BaseException as exc:
-        report(error="the sandbox supervisor failed: %s" % exc)
-        os._exit(1)
-    os._exit(0)
-
-try:
-    if FLAGS:
-        check(libc.unshare(FLAGS), "unshare")
-    if PRIVATE:
-        mount(None, "/", None, MS_REC | MS_PRIVATE)
-        build_root()
-    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
-    parent = os.getpid()
-    init = os.fork()
-    if init == 0:
-        supervise(parent)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
-    os.waitpid(init, 0)
-except BaseException as exc:
-    report(error="the sandbox could not be set up: %s" % exc)
-    os._exit(2)
-os._exit(0)
-'''
-
-# The program's own interpreter, run as `python -S -c _RUNNER` with the source on stdin. The audit
-# hook also sees `_socket`, so it catches more than a patched `socket.socket` would; code that uses
-# ctypes or starts another interpreter gets past it, which is why the network namespace matters.
-_RUNNER = r'''
-import os, sys
-def _refuse_network(event, args):
-    if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
-        raise PermissionError("network access is disabled in the sandbox")
-sys.addaudithook(_refuse_network)
-_source = sys.stdin.buffer.read()
-_null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(_null, 0)
-os.close(_null)
-import linecache
-_text = _source.decode("utf-8", "replace")
-linecache.cache["solution.py"] = (len(_text), None, _text.splitlines(True), "solution.py")
-sys.argv = ["solution.py"]
-_globals = {"__name__": "__main__", "__builtins__": __builtins__, "__file__": "solution.py"}
-try:
-    exec(compile(_source, "solution.py", "exec", dont_inherit=True), _globals)
-except SystemExit:
-    raise
-except BaseException as _exc:
-    import traceback
-    _tb = _exc.__traceback__
-    traceback.print_exception(type(_exc), _exc, _tb.tb_next if _tb is not None else None)
-    sys.exit(1)
-'''
+_ROOT_TIERS = (_Tier("namespaces", _FULL_NAMESPACES, True), _Tier("bwrap", 0, True, bwrap=True),
+               _Tier("uid", 0, True, confines=False))
+_USER_TIERS = (_Tier("bwrap", 0, False, bwrap=True),
+               _Tier("user-netns", _CLONE_NEWUSER | _CLONE_NEWNET, False, confines=False),
+               _Tier("user", 0, False, confines=False))
 
 _KILL_UID = r'''
 import os, signal, sys
@@ -339,27 +121,31 @@ os.setresuid(uid, uid, uid)
 os.kill(-1, signal.SIGKILL)
 '''
 
-_caps_lock = threading.Lock()
-_caps: tuple[_Tier, dict[str, Any]] | None = None
+_tiers_lock = threading.Lock()
+_tiers: dict[bool, tuple[_Tier, dict[str, Any]]] = {}  # allow_weak -> the tier that worked
 
 
-def capabilities() -> dict[str, Any]:
-    """Say which isolation layers `run_python` uses on this machine (probed once per process)."""
-    _, caps = _select_tier()
+def capabilities(*, allow_weak: bool = False) -> dict[str, Any]:
+    """Say which isolation layers `run_python` uses on this machine (probed until one works)."""
+    _, caps = _select_tier(allow_weak)
     return dict(caps)
 
 
-def run_python(source: str, *, limits: Limits = Limits()) -> SandboxResult:
-    """Run `source` as a script in the sandbox and grade how it ended; never raise for what it does."""
+def run_python(source: str, *, limits: Limits = Limits(), tests: str | None = None,
+               allow_weak: bool = False) -> SandboxResult:
+    """Run `source` as a script in the sandbox, then `tests` if given, and grade how it ended; never raise.
+
+    With `tests`, it passes only if the tests ran to their end: exiting early, with any status, fails.
+    """
     started = time.monotonic()
     try:
         problem = _check_limits(limits)
         if problem:
             return _error(problem, started)
-        tier, caps = _select_tier()
+        tier, caps = _select_tier(allow_weak)
         if tier is None:
-            return _error(str(caps["detail"]), started)
-        return _execute(source, limits, tier)
+            return _error(str(caps["detail"]), started, status="refused")
+        return _execute(source, tests, limits, tier)
     except Exception as exc:  # a failure of the sandbox itself must not take the worker down
         return _error(f"the sandbox failed: {type(exc).__name__}: {exc}", started)
 
@@ -372,34 +158,44 @@ def _check_limits(limits: Limits) -> str:
     return ""
 
 
-def _error(reason: str, started: float) -> SandboxResult:
-    return SandboxResult(status="error", passed=False, returncode=None, stdout="", stderr="",
+def _error(reason: str, started: float, status: str = "error") -> SandboxResult:
+    return SandboxResult(status=status, passed=False, returncode=None, stdout="", stderr="",
                          duration_s=time.monotonic() - started, reason=reason)
 
 
-def _select_tier() -> tuple[_Tier | None, dict[str, Any]]:
-    global _caps
-    with _caps_lock:
-        if _caps is not None:
-            return _caps
-        tier, caps = _probe()
+def _select_tier(allow_weak: bool) -> tuple[_Tier | None, dict[str, Any]]:
+    with _tiers_lock:
+        found = _tiers.get(allow_weak) or _tiers.get(False)  # a confining tier serves both
+        if found is not None:
+            return found
+        tier, caps = _probe(allow_weak)
         if tier is not None:  # a failed probe is retried on the next call rather than remembered
-            _caps = (tier, caps)
+            _tiers[allow_weak] = (tier, caps)
+            if tier.confines:
+                _tiers[False] = (tier, caps)
         return tier, caps
 
 
-def _probe() -> tuple[_Tier | None, dict[str, Any]]:
+def _probe(allow_weak: bool) -> tuple[_Tier | None, dict[str, Any]]:
     """Try the strongest isolation first and keep the first that runs a trivial program."""
     as_root = os.geteuid() == 0
     failures = []
     chosen = None
     for tier in _ROOT_TIERS if as_root else _USER_TIERS:
-        result = _execute("import os\nprint('ok', os.getuid())\n", Limits(cpu_s=5, wall_s=10), tier)
+        if not (tier.confines or allow_weak):
+            continue
+        problem = _bwrap_problem(as_root) if tier.bwrap else ""
+        if problem:
+            failures.append(f"{tier.name}: {problem}")
+            continue
+        result = _execute("import os\nprint('ok', os.getuid())\n", None, Limits(cpu_s=5, wall_s=10), tier)
         if result.passed and result.stdout.startswith("ok"):
             chosen = tier
             break
         failures.append(f"{tier.name}: {result.reason} {result.stderr.strip()[-300:]}".strip())
-    if chosen is None and as_root:
+    if chosen is None and not allow_weak:
+        detail = f"{REFUSAL} ({'; '.join(failures)})"
+    elif chosen is None and as_root:
         detail = ("refusing to run untrusted code as root: no unprivileged sandbox user could be used ("
                   + "; ".join(failures) + ")")
     elif chosen is None:
@@ -408,11 +204,16 @@ def _probe() -> tuple[_Tier | None, dict[str, Any]]:
         detail = "; ".join(failures)
     caps: dict[str, Any] = {
         "tier": chosen.name if chosen else None,
+        "confines": bool(chosen and chosen.confines),
+        "allow_weak": allow_weak,
         "runs_as_root": as_root,
         "user_drop": bool(chosen and chosen.drop_user),
-        "network_namespace": bool(chosen and chosen.unshare & _CLONE_NEWNET),
-        "pid_namespace": bool(chosen and chosen.unshare & _CLONE_NEWPID),
+        "network_namespace": bool(chosen and (chosen.bwrap or chosen.unshare & _CLONE_NEWNET)),
+        "pid_namespace": bool(chosen and chosen.pid_ns),
         "private_root": bool(chosen and chosen.private_root),
+        # "total": the supervisor stops the run when all its processes and tmpfs files together pass
+        # memory_mb; "per-process": only RLIMIT_AS, so up to memory_mb x max_processes in all.
+        "memory_bound": "total" if chosen and chosen.pid_ns else "per-process",
         "python_network_guard": True,
         "uid_range": [SANDBOX_UID_BASE, SANDBOX_UID_BASE + SANDBOX_UID_SLOTS - 1] if as_root else None,
         "detail": detail,
@@ -420,7 +221,45 @@ def _probe() -> tuple[_Tier | None, dict[str, Any]]:
     return chosen, caps
 
 
-def _execute(source: str, limits: Limits, tier: _Tier) -> SandboxResult:
+def _bwrap_problem(as_root: bool) -> str:
+    """Say why bubblewrap cannot be used here, or return "" when it may."""
+    if _find_bwrap() is None:
+        return "bubblewrap is not installed (Debian: apt-get install bubblewrap)"
+    if as_root:
+        for path in _python_dirs(os.path.realpath(sys.executable)):
+            blocked = _closed_to_others(path)
+            if blocked:
+                return (f"the sandbox uid cannot reach the Python installation: {blocked} is closed to other "
+                        "users (install Python where every user may read it, e.g. /usr/local)")
+    return ""
+
+
+def _find_bwrap() -> str | None:
+    return shutil.which("bwrap", path=_BWRAP_SEARCH_PATH)
+
+
+def _closed_to_others(path: str) -> str:
+    """Return the first directory on `path` that other users may not pass through, or ""."""
+    current = ""
+    for part in path.strip("/").split("/"):
+        current += "/" + part
+        mode = os.stat(current).st_mode
+        if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
+            return current
+    return ""
+
+
+def _python_dirs(python: str) -> list[str]:
+    return sorted({os.path.realpath(p) for p in (sys.base_prefix, sys.base_exec_prefix, os.path.dirname(python))})
+
+
+@functools.cache
+def _source(name: str) -> str:
+    with open(os.path.join(_HERE, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def _execute(source: str, tests: str | None, limits: Limits, tier: _Tier) -> SandboxResult:
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         uid = None
@@ -435,10 +274,13 @@ def _execute(source: str, limits: Limits, tier: _Tier) -> SandboxResult:
         os.mkdir(work, 0o700)
         if uid is not None and not tier.private_root:
             os.chown(work, uid, uid)
-        source_path = os.path.join(base, "solution.py")
-        with open(source_path, "wb") as f:
-            f.write(source.encode("utf-8", "surrogatepass"))
-        source_file = stack.enter_context(open(source_path, "rb"))
+        # The runner reads the program, its tests and the secret that proves they finished from stdin.
+        secret = secrets.token_hex(16)
+        payload = json.dumps({"program": source, "tests": tests, "secret": secret}).encode("utf-8", "surrogatepass")
+        payload_path = os.path.join(base, "payload")
+        with open(os.open(payload_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(payload)
+        payload_file = stack.enter_context(open(payload_path, "rb"))
         out_file = stack.enter_context(open(os.path.join(base, "stdout"), "wb"))
         err_file = stack.enter_context(open(os.path.join(base, "stderr"), "wb"))
         report_fd = os.open(os.path.join(base, "report"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -446,13 +288,13 @@ def _execute(source: str, limits: Limits, tier: _Tier) -> SandboxResult:
 
         python = os.path.realpath(sys.executable)
         home = "/sandbox" if tier.private_root else work
+        tmpfs_mb = 2 * limits.max_file_mb + 16
         config = {
-            "report_fd": report_fd, "root": work, "uid": uid, "unshare": tier.unshare,
-            "python": python, "runner": _RUNNER, "wall_s": limits.wall_s,
-            "python_dirs": sorted({os.path.realpath(p) for p in
-                                   (sys.base_prefix, sys.base_exec_prefix, os.path.dirname(python))}),
-            "tmpfs_mb": 2 * limits.max_file_mb + 16,
-            "rlimits": _rlimits(limits, tier),
+            "report_fd": report_fd, "root": work, "uid": None if tier.bwrap else uid,
+            "unshare": tier.unshare, "inside_bwrap": tier.bwrap, "pid_ns": tier.pid_ns,
+            "python": python, "runner": _source("sandbox_runner.py"), "wall_s": limits.wall_s,
+            "python_dirs": _python_dirs(python), "tmpfs_mb": tmpfs_mb,
+            "rlimits": _rlimits(limits, tier), "memory_total": limits.memory_mb * 1024 * 1024,
         }
         env = {
             "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
@@ -460,11 +302,18 @@ def _execute(source: str, limits: Limits, tier: _Tier) -> SandboxResult:
             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "PYTHONSAFEPATH": "1",
             "PYTHONNOUSERSITE": "1", "PYTHONUTF8": "1", "AVENGERS_SANDBOX": "1",
         }
+        supervisor = [python, "-I", "-S", "-c", _source("sandbox_supervisor.py"), json.dumps(config)]
+        user: dict[str, Any] = {}
+        if tier.bwrap:
+            command = _bwrap_command(str(_find_bwrap()), config["python_dirs"], tmpfs_mb) + supervisor
+            if uid is not None:  # bubblewrap itself runs as the sandbox uid, so nothing inside is root
+                user = {"user": uid, "group": uid, "extra_groups": []}
+        else:
+            command = supervisor
         try:
             proc = subprocess.Popen(
-                [python, "-I", "-S", "-c", _BOOTSTRAP, json.dumps(config)],
-                stdin=source_file, stdout=out_file, stderr=err_file, pass_fds=(report_fd,),
-                cwd=work, env=env, start_new_session=True, close_fds=True)
+                command, stdin=payload_file, stdout=out_file, stderr=err_file, pass_fds=(report_fd,),
+                cwd="/" if tier.bwrap else work, env=env, start_new_session=True, close_fds=True, **user)
         except OSError as exc:
             return _error(f"could not start the sandbox: {exc}", started)
         exited = _wait_for_exit(proc.pid, limits.wall_s + _SUPERVISOR_GRACE_S)
@@ -473,7 +322,7 @@ def _execute(source: str, limits: Limits, tier: _Tier) -> SandboxResult:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         report = _read_report(os.path.join(base, "report"))
-        if not exited and not tier.unshare & _CLONE_NEWPID and "child" in report:
+        if not exited and not tier.pid_ns and "child" in report:
             with contextlib.suppress(OSError):
                 os.killpg(int(report["child"]), signal.SIGKILL)
         if uid is not None:
@@ -483,14 +332,37 @@ def _execute(source: str, limits: Limits, tier: _Tier) -> SandboxResult:
         stdout = _read_bounded(os.path.join(base, "stdout"))
         stderr = _read_bounded(os.path.join(base, "stderr"))
         return _grade(report, stdout, stderr, limits, supervisor_killed=not exited,
-                      duration_s=time.monotonic() - started)
+                      duration_s=time.monotonic() - started, secret=secret, with_tests=tests is not None)
     raise AssertionError("unreachable")  # pragma: no cover  (keeps mypy's return check happy)
+
+
+def _bwrap_command(bwrap: str, python_dirs: list[str], tmpfs_mb: int) -> list[str]:
+    """Return bubblewrap's arguments: every namespace, a read-only /usr and Python, tmpfs for the rest."""
+    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--as-pid-1", "--hostname", "sandbox"]
+    bound: list[str] = []
+    for name in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = "/" + name
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+            bound.append(path)
+    for path in python_dirs:
+        if not any(path == b or path.startswith(b + "/") for b in bound):
+            args += ["--ro-bind", path, path]
+    args += ["--dev", "/dev", "--proc", "/proc"]
+    for path in ("/sandbox", "/tmp", "/dev/shm"):
+        args += ["--size", str(tmpfs_mb * 1024 * 1024), "--tmpfs", path]
+    return args + ["--chdir", "/sandbox", "--remount-ro", "/", "--"]
 
 
 def _rlimits(limits: Limits, tier: _Tier) -> list[tuple[int, tuple[int, int]]]:
     cpu = max(1, int(-(-limits.cpu_s // 1)))  # whole seconds, rounded up
     processes = limits.max_processes
-    if not tier.drop_user:
+    if tier.bwrap:
+        processes += 1  # the count is per user namespace, and the supervisor is in the sandbox's
+    elif not tier.drop_user:
         # Without a uid of its own the limit counts every process of this user, so leave room.
         processes += len(_processes_of(os.getuid()))
     memory = limits.memory_mb * 1024 * 1024
@@ -624,16 +496,18 @@ def _read_bounded(path: str) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _grade(report: dict[str, Any], stdout: str, stderr: str, limits: Limits, *,
-           supervisor_killed: bool, duration_s: float) -> SandboxResult:
+def _grade(report: dict[str, Any], stdout: str, stderr: str, limits: Limits, *, supervisor_killed: bool,
+           duration_s: float, secret: str, with_tests: bool) -> SandboxResult:
+    end = report.get("end")
+    finished = isinstance(end, dict) and secret in str(end.get("proof", ""))
+
     def result(status: str, reason: str, returncode: int | None) -> SandboxResult:
-        return SandboxResult(status=status, passed=status == "passed", returncode=returncode,
-                             stdout=stdout, stderr=stderr, duration_s=duration_s, reason=reason)
+        return SandboxResult(status=status, passed=status == "passed", returncode=returncode, stdout=stdout,
+                             stderr=stderr, duration_s=duration_s, reason=reason, finished=finished)
 
     wall = f"ran longer than its {limits.wall_s:g} s wall-clock limit (wall_s) and was stopped"
     if "error" in report:
         return result("error", str(report["error"]), None)
-    end = report.get("end")
     if not isinstance(end, dict):
         if supervisor_killed:
             return result("timeout", wall, None)
@@ -642,13 +516,18 @@ def _grade(report: dict[str, Any], stdout: str, stderr: str, limits: Limits, *,
     returncode = exit_code if exit_code is not None else -int(sig or 0)
     duration_s = float(end.get("elapsed_s", duration_s))
     last = _last_line(stderr)
+    memory = f"ran out of memory at its {limits.memory_mb} MB limit (memory_mb)"
+    if end.get("memory_exceeded"):
+        return result("memory", f"{memory}: its processes and files together held more and it was stopped", returncode)
     if end.get("timed_out") or supervisor_killed:
         return result("timeout", wall, returncode)
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and end.get("cpu_s", 0) >= limits.cpu_s):
         return result("timeout", f"used more than its {limits.cpu_s:g} s CPU-time limit (cpu_s)", returncode)
+    if exit_code == 0 and with_tests and not finished:
+        return result("failed", "the program ended (exit status 0) before its tests finished: the tests did not "
+                                "all run (sys.exit, os._exit, or the runner's proof fd closed)", 0)
     if exit_code == 0:
-        return result("passed", "exited with status 0", 0)
-    memory = f"ran out of memory at its {limits.memory_mb} MB limit (memory_mb)"
+        return result("passed", "exited with status 0" + (" after every test ran" if with_tests else ""), 0)
     near_limit = end.get("maxrss_kb", 0) * 1024 >= 0.8 * limits.memory_mb * 1024 * 1024
     if last.startswith("MemoryError") or "Cannot allocate memory" in last or (
             sig in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS) and near_limit):
@@ -671,11 +550,11 @@ def _last_line(text: str) -> str:
 
 def _where(stderr: str) -> str:
     """Point at the last line of the program that the traceback went through."""
-    matches = re.findall(r'File "solution\.py", line (\d+)[^\n]*\n(?:[ \t]+(\S[^\n]*))?', stderr)
+    matches = re.findall(r'File "(solution|tests)\.py", line (\d+)[^\n]*\n(?:[ \t]+(\S[^\n]*))?', stderr)
     if not matches:
         return ""
-    line, code = matches[-1]
-    return f" (solution.py line {line}" + (f": {code.strip()[:200]})" if code else ")")
+    name, line, code = matches[-1]
+    return f" ({name}.py line {line}" + (f": {code.strip()[:200]})" if code else ")")
 
 
 def _remove_tree(path: str) -> None:

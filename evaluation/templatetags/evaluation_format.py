@@ -5,6 +5,8 @@ import json
 
 from django import template
 
+from evaluation.core.secrets import url_without_credentials
+
 register = template.Library()
 
 
@@ -49,3 +51,9 @@ def duration(seconds: float | None) -> str:
 def as_json(value: object) -> str:
     """Return a value as compact JSON with sorted keys (parameters, templates)."""
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+@register.filter
+def without_credentials(url: str) -> str:
+    """Return an endpoint URL without its user:password@ part."""
+    return url_without_credentials(url or "")

@@ -25,3 +25,54 @@ def test_database_url_can_name_a_unix_socket_folder() -> None:
 def test_a_bad_database_url_is_refused_with_a_reason(url: str, message: str) -> None:
     with pytest.raises(ImproperlyConfigured, match=message):
         parse_database_url(url)
+
+
+def _settings_env(**extra: str) -> dict[str, str]:
+    """The environment of a production start: no DEBUG, no SECRET_KEY unless given, the test database server."""
+    import os
+
+    from django.conf import settings
+
+    unset = ("DEBUG", "SECRET_KEY", "AVENGERS_PUBLIC_READ", "DJANGO_ALLOW_ASYNC_UNSAFE")  # the last: browser tests'
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env.update({"DJANGO_SETTINGS_MODULE": "avengers_web.settings", "AVENGERS_DATA_DIR": str(settings.DATA_DIR)})
+    env.update(extra)
+    return env
+
+
+def _run(code: str, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=str(TESTS_ROOT))
+
+
+TESTS_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent.parent
+READ_SETTINGS = ("import django, json; django.setup(); from django.conf import settings as s; "
+                 "print(json.dumps([s.DEBUG, 'django.contrib.auth.middleware.LoginRequiredMiddleware' in s.MIDDLEWARE]))")
+
+
+def test_debug_is_off_by_default_and_a_missing_secret_key_stops_the_start() -> None:
+    failed = _run(READ_SETTINGS, _settings_env())
+    assert failed.returncode != 0 and "SECRET_KEY must be set when DEBUG is off" in failed.stderr
+    started = _run(READ_SETTINGS, _settings_env(SECRET_KEY="x" * 60))
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip().splitlines()[-1] == "[false, true]"  # DEBUG off; reading needs a log-in
+    public = _run(READ_SETTINGS, _settings_env(SECRET_KEY="x" * 60, AVENGERS_PUBLIC_READ="true"))
+    assert public.stdout.strip().splitlines()[-1] == "[false, false]"
+
+
+def test_check_deploy_gives_no_warning_with_production_settings() -> None:
+    import secrets
+
+    env = _settings_env(SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="avengers.example.org",
+                        AVENGERS_HTTPS="true", AVENGERS_HSTS_PRELOAD="true")
+    code = ("import sys, django; from django.core.management import execute_from_command_line; "
+            "execute_from_command_line(['manage.py', 'check', '--deploy', '--fail-level', 'WARNING'])")
+    result = _run(code, env)
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+    # Without the HTTPS settings the same check warns, so the test above can fail.
+    plain = _run(code, _settings_env(SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="avengers.example.org"))
+    assert plain.returncode != 0 and "security.W004" in plain.stderr + plain.stdout

@@ -69,9 +69,9 @@ def test_log_in_upload_records_and_browse_them(
 
     assert len(sample_records.read_text().splitlines()) == 384
 
+    log_in(page, live_server, screenshots)
     page.goto("/")
     expect(page.get_by_test_id("count-datasets")).to_have_text("0")
-    log_in(page, live_server, screenshots)
 
     upload(page, sample_records, screenshots, "upload-before")
     text = page.get_by_test_id("progress-text")
@@ -340,11 +340,12 @@ def test_create_an_api_token_and_use_it(
     page_log.assert_clean(live_server.url)
 
 
-def test_public_pages_and_the_api_docs_use_only_local_assets(
+def test_the_pages_and_the_api_docs_use_only_local_assets(
         page: Page, page_log: PageLog, live_server, user,
 ) -> None:  # type: ignore[no-untyped-def]
-    """The anonymous pages (and the API docs, which could easily pull Swagger UI from a CDN) stay on the app."""
-    for path in ["/", "/login/", "/datasets/", "/models/", "/api/docs/"]:
+    """The pages (and the API docs, which could easily pull Swagger UI from a CDN) stay on the app."""
+    log_in(page, live_server)
+    for path in ["/", "/datasets/", "/models/", "/api/docs/"]:
         response = page.goto(path)
         assert response is not None and response.status == 200, f"{path}: {response and response.status}"
     expect(page.locator(".swagger-ui")).to_be_attached(timeout=15_000)

@@ -91,6 +91,7 @@ def test_the_traffic_page_draws_its_charts_from_the_decision_log(
         page: Page, page_log: PageLog, live_server, staff, screenshots: Path,
 ) -> None:  # type: ignore[no-untyped-def]
     # Before any request: an empty state that says where requests come from.
+    log_in(page, live_server)
     page.goto("/")
     page.click("header nav >> text=Traffic")
     page.wait_for_url("**/traffic/", wait_until="load")
@@ -176,11 +177,9 @@ def test_the_playground_says_clearly_when_no_snapshot_is_active(
 ) -> None:  # type: ignore[no-untyped-def]
     from routing.models import RoutingDecision
 
-    # Reading is open; asking needs a log-in.
+    # Reading and asking need a log-in.
     page.goto("/playground/")
-    expect(page.locator("h1")).to_have_text("Playground")
-    expect(page.get_by_test_id("no-active-snapshot")).to_be_visible()
-    expect(page.get_by_test_id("log-in-to-ask")).to_be_visible()
+    expect(page.locator("h1")).to_have_text("Log in")
     anonymous = Client().post("/playground/", {"query": "What is 2 + 3?", "strategy": "direct", "samples": "1",
                                                "temperature": "0"})
     assert anonymous.status_code == 302 and anonymous["Location"].startswith("/login/?next=/playground/")
@@ -189,6 +188,7 @@ def test_the_playground_says_clearly_when_no_snapshot_is_active(
     log_in(page, live_server)
     page.click("header nav >> text=Playground")
     page.wait_for_url("**/playground/", wait_until="load")
+    expect(page.get_by_test_id("no-active-snapshot")).to_be_visible()
     page.fill("#id_query", "What is 2 + 3?")
     page.get_by_test_id("ask").click()
     error = page.get_by_test_id("serving-error")

@@ -200,15 +200,15 @@ def test_a_snapshot_that_is_building_is_followed_live(
     def advance(**fields: object) -> None:
         RouterSnapshot.objects.filter(pk=building.pk).update(**fields)
 
-    # A visitor who is not logged in gets the page again every 2 s (the API needs a login).
+    # The list follows the build (it reloads every 2 s while a snapshot builds).
+    log_in(page, live_server)
     page.goto("/snapshots/")
     text = page.get_by_test_id("snapshot-progress-text")
     expect(text).to_have_text("embedding: 10 of 100")
     advance(progress_done=40)
     expect(text).to_have_text("embedding: 40 of 100", timeout=10_000)
 
-    # Logged in, the pages follow it through the API, then reload once it has finished.
-    log_in(page, live_server)
+    # The snapshot's page follows it through the API, then reloads once it has finished.
     page.goto(f"/snapshots/{building.pk}/")
     panel = page.get_by_test_id("live-progress")
     expect(panel.get_by_test_id("snapshot-progress-text")).to_have_text("embedding: 40 of 100")

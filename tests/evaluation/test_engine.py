@@ -244,3 +244,37 @@ def test_resume_waits_while_a_live_worker_finishes_a_cancelled_batch() -> None:
     EvaluationBatch.objects.filter(run=run).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     run = engine.evaluation_run_resume(run=run, queue=False)
     assert run.status == "running" and list(run.batches.values_list("status", flat=True)) == ["pending"]
+
+
+def test_code_the_sandbox_refuses_to_run_is_a_failed_sample_that_a_resume_grades(  # type: ignore[no-untyped-def]
+        settings, monkeypatch) -> None:
+    from evaluation.core import sandbox
+
+    dataset = Dataset.objects.create(name="code", split_seed=1)
+    Query.objects.create(dataset=dataset, external_id="c0", text="Write add(a, b).", text_hash="c0",
+                         gold="assert add(2, 3) == 5", task_type="code", split="train", split_source="file")
+    model = make_model()
+    client = FakeLLMClient(reply=lambda request, i: "```python\ndef add(a, b):\n    return a + b\n```")
+    seen: list[bool] = []
+    real_run_python = sandbox.run_python
+
+    def refusing(source: str, **options: object) -> sandbox.SandboxResult:  # a machine without confinement
+        seen.append(bool(options["allow_weak"]))
+        return sandbox.SandboxResult("refused", False, None, "", "", 0.0, sandbox.REFUSAL)
+
+    monkeypatch.setattr(sandbox, "run_python", refusing)
+    settings.SANDBOX_ALLOW_WEAK = True  # passed to the sandbox, which decides
+    run = engine.evaluation_run_create(dataset=dataset, models=[model], samples=1, queue=False)
+    run_inline(run, client)
+    run.refresh_from_db()
+    sample = ModelResponse.objects.get()
+    assert seen == [True]
+    assert (sample.score, sample.correct, sample.error_kind) == (None, None, "grading")
+    assert sample.error == f"not graded: {sandbox.REFUSAL}" and sample.text  # the answer is kept
+    assert "1 failed: resume to retry" in run.message
+
+    monkeypatch.setattr(sandbox, "run_python", real_run_python)  # bubblewrap installed, say
+    run = engine.evaluation_run_resume(run=run, queue=False)
+    run_inline(run, client)
+    sample = ModelResponse.objects.get()
+    assert (sample.error, sample.correct, sample.score) == ("", True, 1.0)

@@ -138,10 +138,11 @@ def test_the_run_page_shows_the_configuration_and_the_numbers_from_the_database(
     assert "Resume" not in text_of(response) and "Cancel" not in text_of(response)
 
 
-def test_a_running_run_is_followed_through_the_api_or_by_reloading(client: Client, user) -> None:  # type: ignore[no-untyped-def]
+def test_a_running_run_is_followed_through_the_api_or_by_reloading(
+        anon_client: Client, client: Client, user, public_read) -> None:  # type: ignore[no-untyped-def]
     run = engine.evaluation_run_create(dataset=make_dataset(3), models=[make_model()], queue=False)
     url = reverse("evaluation-detail", args=[run.pk])
-    anonymous = client.get(url).content.decode()
+    anonymous = anon_client.get(url).content.decode()  # a visitor, where AVENGERS_PUBLIC_READ lets one read
     assert 'data-active="1"' in anonymous and 'data-poll="reload"' in anonymous
     assert '<noscript><meta http-equiv="refresh"' in anonymous
     assert reverse("api-evaluation-detail", args=[run.pk]) in anonymous and "js/evaluation.js" in anonymous
@@ -258,7 +259,8 @@ def test_an_offline_or_inactive_model_cannot_be_posted(logged_in: Client) -> Non
 
 # Who may do what ------------------------------------------------------------------------------------------------
 
-def test_anonymous_users_are_sent_to_log_in_to_start_cancel_or_resume(client: Client, user) -> None:  # type: ignore[no-untyped-def]
+def test_anonymous_users_are_sent_to_log_in_to_start_cancel_or_resume(anon_client: Client, user) -> None:  # type: ignore[no-untyped-def]
+    client = anon_client
     dataset = make_dataset(2)
     model = make_model()
     run = engine.evaluation_run_create(dataset=dataset, models=[model], queue=False)
@@ -275,9 +277,10 @@ def test_anonymous_users_are_sent_to_log_in_to_start_cancel_or_resume(client: Cl
     assert EvaluationRun.objects.count() == 1
     run.refresh_from_db()
     assert run.status == "running"
-    # reading is open to everyone
+    # reading needs a log-in too (unless AVENGERS_PUBLIC_READ)
     for name, args in [("evaluation-list", []), ("evaluation-detail", [run.pk]), ("evaluation-samples", [run.pk])]:
-        assert client.get(reverse(name, args=args)).status_code == 200
+        response = client.get(reverse(name, args=args))
+        assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
 
 
 def test_cancel_and_resume_are_post_only(logged_in: Client) -> None:
@@ -395,7 +398,7 @@ def test_prompt_templates_are_edited_on_the_dashboard_and_bad_ones_refused(clien
 
     dataset = Dataset.objects.create(name="templated", split_seed=1)
     url = f"/datasets/{dataset.pk}/templates/"
-    assert client.get(url).status_code == 302  # log in first
+    assert client.get(url).status_code == 403  # a viewer may not edit datasets
     client.force_login(user)
     page = client.get(url)
     assert page.status_code == 200 and "\\boxed" in page.content.decode()  # the defaults are shown

@@ -1,13 +1,17 @@
-"""`make demo`'s code path: start everything (a real local LLM included), serve the dashboard and the API,
-stop everything on Ctrl-C; a second start reuses what the first one stored."""
+"""`make demo`'s code path: start everything (a real local LLM included), serve the dashboard and the API with
+gunicorn and DEBUG off while the demo sets up in the background, stop everything on Ctrl-C; a second start
+reuses what the first one stored."""
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,6 +26,16 @@ LLM_LINE = "Local LLM:  smollm2-135m"
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A folder outside pytest's: each pytest session that starts makes /tmp/pytest-of-USER private again, and
+    under root the demo's database runs as another user, which then could not reach its folder."""
+    folder = Path(tempfile.mkdtemp(prefix="avengers-demo-test-"))
+    yield folder
+    embedded_db.stop(folder / "data" / "pg")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -32,9 +46,15 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
 
 
 def start_demo(tmp_path: Path, port: int, token: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "AVENGERS_DATA_DIR": str(tmp_path / "data"), "AVENGERS_API_TOKEN": token,
-           "DJANGO_SETTINGS_MODULE": "avengers_web.settings", "PYTHONUNBUFFERED": "1"}
-    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER", "AVENGERS_DB_NAME"):
+    data = tmp_path / "data"
+    # As `make demo` does: DEBUG off and a secret key made once in the data folder.
+    subprocess.run([sys.executable, "-m", "avengers_web.local_platform", "secret-key", str(data / "secret_key")],
+                   cwd=REPO, check=True)
+    env = {**os.environ, "AVENGERS_DATA_DIR": str(data), "AVENGERS_API_TOKEN": token, "DEBUG": "false",
+           "SECRET_KEY_FILE": str(data / "secret_key"), "DJANGO_SETTINGS_MODULE": "avengers_web.settings",
+           "PYTHONUNBUFFERED": "1"}
+    for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER", "AVENGERS_DB_NAME", "SECRET_KEY",
+                 "PROMETHEUS_MULTIPROC_DIR", "AVENGERS_PUBLIC_READ"):
         env.pop(name, None)
     # Two train queries per dataset keep the local LLM's sample short on two cores (the default is five).
     return subprocess.Popen([sys.executable, "manage.py", "demo", "--port", str(port), "--llm-queries", "2"],
@@ -52,33 +72,76 @@ def stop_demo(demo: subprocess.Popen[bytes], log: Path) -> None:
     assert "Stopped." in log.read_text()
 
 
-def wait_started(demo: subprocess.Popen[bytes], log: Path, base: str) -> None:
-    wait_for(lambda: "Press Ctrl-C" in log.read_text() or demo.poll() is not None, 600, "the demo to start")
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_set_up(demo: subprocess.Popen[bytes], log: Path, base: str) -> None:
+    wait_for(lambda: answers(base + "/login/") or demo.poll() is not None, 300, "the web server")
     assert demo.poll() is None, log.read_text()
-
-    def up() -> bool:
-        try:
-            return httpx.get(base + "/", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, 60, "the web server")
+    wait_for(lambda: "The demo is set up." in log.read_text() or demo.poll() is not None, 900, "the demo's setup")
+    assert demo.poll() is None and "Setting up the demo failed" not in log.read_text(), log.read_text()
 
 
-def test_the_demo_serves_real_data_and_a_real_llm_runs_uploads_in_its_worker_and_stops_what_it_started(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def log_in(browser: httpx.Client, base: str) -> None:
+    browser.get("/login/")
+    login = browser.post("/login/", data={"username": "demo", "password": "avengers-demo",
+                                          "csrfmiddlewaretoken": browser.cookies["csrftoken"]},
+                         headers={"Referer": base + "/login/"})
+    assert login.status_code == 302
+
+
+def test_the_demo_serves_with_gunicorn_before_the_local_llms_evaluation_ends_and_stops_what_it_started(tmp_path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     token = "demo-token-for-the-test-0123456789"
     log = tmp_path / "demo.log"
     demo = start_demo(tmp_path, port, token, log)
     base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        wait_started(demo, log, base)
+        # The dashboard answers while the demo still sets up: the local LLM's evaluation runs in the background,
+        # its progress on the overview.
+        wait_for(lambda: answers(base + "/login/") or demo.poll() is not None, 300, "the web server")
+        assert demo.poll() is None, log.read_text()
+        assert "The demo is set up." not in log.read_text()
+        with httpx.Client(base_url=base, follow_redirects=False) as browser:
+            log_in(browser, base)
+
+            def evaluation_on_the_overview() -> bool:
+                page = browser.get("/").text
+                return 'data-testid="run-in-progress"' in page and "smollm2-135m on " in page
+
+            wait_for(evaluation_on_the_overview, 600, "the local LLM's evaluation on the overview")
+            assert "The demo is set up." not in log.read_text()
+
+            # Served by gunicorn with DEBUG off: no debug page, static files through WhiteNoise.
+            missing = browser.get("/no-such-page/")
+            assert missing.status_code == 404 and missing.headers["server"].startswith("gunicorn")
+            assert "Traceback" not in missing.text and "URLconf" not in missing.text and "DEBUG" not in missing.text
+        css = httpx.get(base + "/static/css/app.css")
+        assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+        processes = [" ".join(c.cmdline()) for c in psutil.Process(demo.pid).children(recursive=True)]
+        assert any("gunicorn avengers_web.wsgi:application" in p for p in processes)
+        assert not any("runserver" in p for p in processes)
+        web = [c for c in psutil.Process(demo.pid).children() if "gunicorn" in " ".join(c.cmdline())]
+        assert web[0].environ()["DEBUG"] == "false"
+        secret = tmp_path / "data" / "secret_key"
+        assert secret.stat().st_mode & 0o777 == 0o600 and len(secret.read_text().strip()) >= 50
+        key = secret.read_text()
+
+        wait_set_up(demo, log, base)
         text = log.read_text()
         assert f"Dashboard:  {base}/" in text and f"API token:  {token}" in text and "demo / avengers-demo" in text
         assert f"{base}/api/v1/answer" in text and f"base_url='{base}/v1'" in text and "model='avengers'" in text
-        page = httpx.get(base + "/").text
+        assert "'strategy': 'direct'" in text and '"samples": 3' in text
+        with httpx.Client(base_url=base, follow_redirects=False) as browser:
+            log_in(browser, base)
+            page = browser.get("/").text
         assert re.search(r'data-testid="count-datasets">14<', page) and 'data-testid="count-queries">5989<' in page
-        headers = {"Authorization": f"Bearer {token}"}
+        assert 'data-testid="in-progress"' not in page
         datasets = httpx.get(base + "/api/v1/datasets?page_size=100", headers=headers).json()
         assert datasets["count"] == 14
         assert sum(d["n_train"] for d in datasets["results"]) == 5608
@@ -111,16 +174,12 @@ def test_the_demo_serves_real_data_and_a_real_llm_runs_uploads_in_its_worker_and
         assert "smollm2-135m" in snapshot["pool"] and "smollm2-135m" in snapshot["team"]
         clusters = httpx.get(base + f"/api/v1/snapshots/{snapshot['id']}/clusters", headers=headers).json()
         assert len(clusters) == 64 and sum(c["size"] for c in clusters) == 5608
-        assert httpx.get(base + f"/snapshots/{snapshot['id']}/heatmap/").status_code == 200
         assert httpx.get(base + "/api/v1/models").status_code == 401
 
         # The dashboard's upload goes through the default file broker to the demo's own worker.
         with httpx.Client(base_url=base, follow_redirects=False) as browser:
-            browser.get("/login/")
-            csrf = browser.cookies["csrftoken"]
-            login = browser.post("/login/", data={"username": "demo", "password": "avengers-demo",
-                                                  "csrfmiddlewaretoken": csrf}, headers={"Referer": base + "/login/"})
-            assert login.status_code == 302
+            log_in(browser, base)
+            assert browser.get(f"/snapshots/{snapshot['id']}/heatmap/").status_code == 200
             sent = browser.post("/datasets/upload/", data={"name": "demo-upload", "csrfmiddlewaretoken":
                                 browser.cookies["csrftoken"]}, files={"file": ("q.csv", b"query,gold\nA?,a\nB?,b\n")},
                                 headers={"Accept": "application/json", "Referer": base + "/datasets/upload/"})
@@ -145,8 +204,8 @@ def test_the_demo_serves_real_data_and_a_real_llm_runs_uploads_in_its_worker_and
     log = tmp_path / "demo-again.log"
     demo = start_demo(tmp_path, port, token, log)
     try:
-        wait_started(demo, log, base)
-        assert "already has its sample answered" in log.read_text()
+        wait_set_up(demo, log, base)
+        assert "already has its sample answered" in log.read_text() and secret.read_text() == key
         assert httpx.get(base + "/api/v1/evaluations", headers=headers).json()["count"] == len(runs)
         snapshots = httpx.get(base + "/api/v1/snapshots", headers=headers).json()["results"]
         assert len(snapshots) == 2 and [s["id"] for s in snapshots if s["is_active"]] == [snapshot["id"]]

@@ -236,6 +236,7 @@ HOSTILE_PROGRAMS = {
     "endless-loop": "while True:\n    pass\n",
     "phones-home": "import socket\nsocket.create_connection(('127.0.0.1', 5432), timeout=1)\n",
     "reads-secrets": "import os\nassert 'SECRET_KEY' in os.environ or 'DATABASE_URL' in os.environ\n",
+    "exits-before-its-tests": "import sys\nsys.exit(0)\n",  # add() is right, but its tests never ran
     "honest": "",  # the control: the same function without mischief passes
 }
 

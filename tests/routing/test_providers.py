@@ -238,14 +238,14 @@ def test_it_retries_overload_and_server_errors_then_succeeds() -> None:
 def test_it_gives_up_on_a_server_that_keeps_failing() -> None:
     with scripted_server(Reply(500, {"error": {"message": "llama_decode returned -1"}})) as srv:
         with pytest.raises(EmbeddingProviderUnavailable,
-                           match=r"HTTP 500: llama_decode returned -1 \(after 3 attempts\)"):
+                           match=r"HTTP 500 \(application/json\) \(after 3 attempts\)") as caught:
             client(srv.base_url, max_retries=2).embed(["a"])
-    assert len(srv.requests) == 3
+    assert len(srv.requests) == 3 and "llama_decode" not in str(caught.value)  # the body is never repeated
 
 
 def test_it_does_not_retry_a_bad_request() -> None:
     with scripted_server(Reply(400, {"error": {"message": "input is too long"}})) as srv:
-        with pytest.raises(EmbeddingProviderError, match="HTTP 400: input is too long") as caught:
+        with pytest.raises(EmbeddingProviderError, match=r"HTTP 400 \(application/json\)$") as caught:
             client(srv.base_url).embed(["a"])
     assert not isinstance(caught.value, EmbeddingProviderUnavailable)
     assert len(srv.requests) == 1

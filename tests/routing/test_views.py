@@ -399,7 +399,10 @@ def test_the_model_page_says_when_there_is_no_profile(client: Client, v1) -> Non
 # ---------------------------------------------------------------------------------------------- activation
 
 
-def test_activating_needs_a_login(client: Client, v1) -> None:  # type: ignore[no-untyped-def]
+def test_activating_needs_a_login_and_the_admin_role(anon_client: Client, client: Client, v1,
+                                                    public_read) -> None:  # type: ignore[no-untyped-def]
+    assert client.post(reverse("snapshot-activate", args=[v1.pk])).status_code == 403  # a viewer
+    client = anon_client
     response = client.post(reverse("snapshot-activate", args=[v1.pk]))
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
     v1.refresh_from_db()

@@ -81,8 +81,9 @@ def build_snapshot(
     rank_scores = {name: float(sum(1.0 / r for r in ranks[name])) for name in means}
     team = sorted(means, key=lambda n: (-rank_scores[n], n))[:team_size]
     firsts = {name: [c for c in range(k) if ranks[name][c] == 1] for name in means}
+    # What a build computes is written the way the build service writes it: save() refuses it on a snapshot.
+    RouterSnapshot.objects.filter(pk=snapshot.pk).update(team=team, rank_scores=rank_scores, first_places=firsts)
     snapshot.team, snapshot.rank_scores, snapshot.first_places = team, rank_scores, firsts
-    snapshot.save(update_fields=["team", "rank_scores", "first_places"])
 
     per_cluster: dict[int, Counter[str]] = {c: Counter() for c in range(k)}
     centres = rng.normal(size=(k, 2)) * 4

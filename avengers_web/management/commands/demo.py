@@ -1,11 +1,11 @@
-"""Run the platform with demo data: database, migrations, real records, a local LLM, a worker and the web server."""
+"""Run the platform with demo data: what `serve` runs (gunicorn, DEBUG off, a worker) plus real records, a snapshot,
+a local LLM, and its first evaluation in the background while the dashboard already serves."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -13,14 +13,15 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 
-from avengers_web import embedded_db, local_llm
+from avengers_web import local_llm, local_platform
+from avengers_web.roles import set_role
+from avengers_web.management.commands import serve
 from avengers_web.services import api_token_authenticate, api_token_create
 from evaluation import selectors
 from evaluation.core.datasets import DatasetFileError
-from evaluation.models import Dataset, LanguageModel, ModelResponse, Query
+from evaluation.models import Dataset, EvaluationRun, LanguageModel, ModelResponse, Query
 from evaluation.services import dataset_import_file, model_create, model_update
 
 SHARED_RECORDS = settings.BASE_DIR.parent / "shared" / "data" / "llmrouter" / "records.jsonl"
@@ -37,14 +38,16 @@ LLM_TASK_TYPES = ("mcq", "math", "qa")
 LLM_PARAMS = {"max_tokens": 192, "temperature": 0.0}
 # What routing asks it for by default: answers a little longer than the sample's.
 LLM_DEFAULT_PARAMS = {"max_tokens": 256}
+LLM = "llm"  # its server among the demo's processes
+ACTIVE = [EvaluationRun.Status.PENDING, EvaluationRun.Status.RUNNING]
 
 
-class Command(BaseCommand):
-    help = "Start the platform with demo data and serve it until Ctrl-C, then stop what it started."
+class Command(serve.Command):
+    help = ("Serve the platform as `serve` does (gunicorn, DEBUG off, a worker) with demo data and a local LLM, "
+            "until Ctrl-C; then stop what it started.")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8000)
+        super().add_arguments(parser)
         parser.add_argument("--records", type=Path, default=None,
                             help="Records file to import (default: shared/data/llmrouter/records.jsonl, "
                                  "else the bundled sample).")
@@ -58,78 +61,83 @@ class Command(BaseCommand):
                             help=f"Evaluate the local LLM on the first N train queries of each dataset of task "
                                  f"type {', '.join(LLM_TASK_TYPES)} (default 5; answers are kept across runs).")
 
-    def handle(self, *args: Any, **options: Any) -> None:
-        call_command("migrate", interactive=False, verbosity=0)
-        self._import(options["records"])
-        user = self._user(options["username"], options["password"])
-        self._snapshot(user)
-        token = self._token(user)
-        children: list[subprocess.Popen[bytes]] = []
-        llm_url = None
+    def prepare(self, options: dict[str, Any]) -> None:
+        """Create the demo user and token, and start the local LLM's server (about a second)."""
+        self.user = self._user(options["username"], options["password"])
+        self.token = self._token(self.user)
+        self.llm_url: str | None = None
+        self.llm_model: LanguageModel | None = None
+        if options["no_llm"]:
+            self.stdout.write("Not starting the local LLM (--no-llm).")
+        else:
+            self.llm_url = self._local_llm(options)
+        self.setup_stop = threading.Event()
+        self.setup_runs: list[int] = []
+        self.setup_thread: threading.Thread | None = None
 
-        def interrupt(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
+    def started(self, options: dict[str, Any]) -> None:
+        # The data, the snapshot and the local LLM's first evaluation take minutes on a fresh machine: the
+        # dashboard serves meanwhile and shows them arrive (the evaluation's progress is on the overview).
+        self.setup_thread = threading.Thread(target=self._setup, args=(options,), name="demo-setup", daemon=True)
+        self.setup_thread.start()
 
-        # Until everything runs, Ctrl-C or a SIGTERM stops what has been started (the local LLM's evaluation
-        # keeps the answers it has, and its run is cancelled), also when started with SIGINT ignored.
-        signal.signal(signal.SIGINT, interrupt)
-        signal.signal(signal.SIGTERM, interrupt)
-        try:
-            if options["no_llm"]:
-                self.stdout.write("Not starting the local LLM (--no-llm).")
-            else:
-                llm_url = self._local_llm(children, user, options)
-            children += [
-                self._spawn([sys.executable, "-m", "celery", "-A", "avengers_web", "worker", "--loglevel", "INFO",
-                             "--concurrency", "2", "--hostname", "demo@%h", "--beat"]),
-                self._spawn([sys.executable, str(settings.BASE_DIR / "manage.py"), "runserver", "--noreload",
-                             f"{options['host']}:{options['port']}"]),
-            ]
-        except KeyboardInterrupt:
-            self.stdout.write("Interrupted.")
-            self._stop(children)
+    def stop_background(self) -> None:
+        """Cancel the local LLM's evaluation (its answers are kept) and wait for the setup thread."""
+        thread = getattr(self, "setup_thread", None)
+        if thread is None:
             return
-        except BaseException:
-            self._stop(children)
-            raise
-        self._banner(options, token, llm_url)
-        stopping = False
+        self.setup_stop.set()
+        from evaluation import engine
 
-        def on_signal(signum: int, frame: Any) -> None:
-            nonlocal stopping
-            stopping = True
+        for run in EvaluationRun.objects.filter(pk__in=self.setup_runs, status__in=ACTIVE):
+            with contextlib.suppress(engine.RunError):
+                engine.evaluation_run_cancel(run=run, user=self.user)
+        # A lane finishes its request in flight (seconds); an import or a snapshot build is cut off when the
+        # process exits (the import is one transaction; the next start builds the snapshot again).
+        thread.join(timeout=local_platform.STOP_TIMEOUT_S - 5)
 
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
+    def banner_lines(self, options: dict[str, Any]) -> list[str]:
+        lines = [f"  Log in:     {options['username']} / {options['password']}", f"  API token:  {self.token}",
+                 f"  Try:        curl -H 'Authorization: Bearer {self.token}' {self.url(options)}api/v1/datasets"]
+        if self.llm_url is not None:
+            lines.append(f"  Local LLM:  {LLM_NAME} at {self.llm_url} (routing answers with it once it is evaluated; "
+                         "progress on the overview)")
+        return [*lines, "Setting up the demo data in the background; press Ctrl-C to stop.\n"]
+
+    def _setup(self, options: dict[str, Any]) -> None:
+        """Import the records, build the snapshot, evaluate the local LLM and route with it; then say what to try."""
+        from django.db import connections
+
         try:
-            while not stopping:
-                dead = [c for c in children if c.poll() is not None]
-                if dead:
-                    self.stderr.write(f"{dead[0].args[2:4]} exited with code {dead[0].returncode}; stopping.")
-                    break
-                time.sleep(0.3)
+            self._import(options["records"])
+            if self.setup_stop.is_set():
+                return
+            self._snapshot(self.user)
+            if self.llm_model is not None and not self.setup_stop.is_set():
+                self._llm_evaluate(self.llm_model, self.user, options["llm_queries"])
+                if not self.setup_stop.is_set():
+                    self._llm_snapshot(self.llm_model, self.user)
+            if not self.setup_stop.is_set():
+                self._ready(options)
+        except Exception as exc:  # noqa: BLE001 - the platform keeps serving; say what went wrong
+            if not self.setup_stop.is_set():
+                self.stderr.write(f"Setting up the demo failed: {exc}")
         finally:
-            self._stop(children)
-        if any(c.returncode not in (0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGKILL) for c in children) and not stopping:
-            raise CommandError("a demo process failed; see its output above")
+            connections.close_all()  # this thread's connections
 
-    def _banner(self, options: dict[str, Any], token: str, llm_url: str | None) -> None:
-        url = f"http://{options['host']}:{options['port']}/"
-        self.stdout.write(self.style.SUCCESS("\nAvengers is starting."))
-        self.stdout.write(f"  Dashboard:  {url}\n  API:        {url}api/v1/  (schema: {url}api/schema/, "
-                          f"docs: {url}api/docs/)\n  Log in:     {options['username']} / {options['password']}\n"
-                          f"  API token:  {token}\n  Try:        curl -H 'Authorization: Bearer {token}' "
-                          f"{url}api/v1/datasets")
-        if llm_url is not None:
-            auth = f"-H 'Authorization: Bearer {token}'"
+    def _ready(self, options: dict[str, Any]) -> None:
+        url = self.url(options)
+        self.stdout.write(self.style.SUCCESS("The demo is set up."))
+        if self.llm_model is not None:
+            auth = f"-H 'Authorization: Bearer {self.token}'"
             body = '{"query": "What is 7*6?", "strategy": "self_consistency", "samples": 3}'
-            client = (f"OpenAI(base_url='{url}v1', api_key='{token}').chat.completions.create(model='avengers', "
-                      "messages=[{'role': 'user', 'content': 'What is 7*6?'}]).choices[0].message.content")
+            client = (f"OpenAI(base_url='{url}v1', api_key='{self.token}').chat.completions.create(model='avengers', "
+                      "messages=[{'role': 'user', 'content': 'What is 7*6?'}], extra_body={'strategy': 'direct'})"
+                      ".choices[0].message.content")
             self.stdout.write(
-                f"  Local LLM:  {LLM_NAME} at {llm_url} (routing answers with it)\n"
+                f"  Routing answers with {LLM_NAME}. Each example takes seconds:\n"
                 f"  Ask:        curl {auth} -H 'Content-Type: application/json' -d '{body}' {url}api/v1/answer\n"
                 f"  OpenAI:     pip install openai; python -c \"from openai import OpenAI; print({client})\"")
-        self.stdout.write("Press Ctrl-C to stop.\n")
         self.stdout.flush()
 
     def _import(self, records: Path | None) -> None:
@@ -164,8 +172,9 @@ class Command(BaseCommand):
         k = min(64, max(2, train // 10))
         self.stdout.write(f"Building router snapshot (K={k}, all datasets and models; embeddings are cached "
                           f"after the first run) ...")
+        # The local LLM joins once it has scores (_llm_snapshot).
         snapshot = routing_services.snapshot_create(
-            datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()), k=k,
+            datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.exclude(name=LLM_NAME)), k=k,
             label="demo", user=user, queue=False)
         routing_services.snapshot_build(snapshot_id=snapshot.pk)
         snapshot.refresh_from_db()
@@ -176,8 +185,8 @@ class Command(BaseCommand):
         self.stdout.write(f"  v{snapshot.version} active: {snapshot.message}"
                           + (f"; held-out accuracy {avengers:.1f}" if avengers is not None else ""))
 
-    def _local_llm(self, children: list[subprocess.Popen[bytes]], user: Any, options: dict[str, Any]) -> str | None:
-        """Serve the local LLM, register it, evaluate it on a small sample and route with it; return its URL."""
+    def _local_llm(self, options: dict[str, Any]) -> str | None:
+        """Serve the local LLM and register it; return its URL (its evaluation runs in the background)."""
         try:
             local_llm.check_installed()
         except local_llm.LocalLLMUnavailable as exc:
@@ -188,14 +197,12 @@ class Command(BaseCommand):
         self.stdout.write(f"Starting the local LLM (SmolLM2-135M-Instruct, llama.cpp) on 127.0.0.1:{port} "
                           f"(log: {log_path}) ...")
         try:
-            children.append(local_llm.start(port=port, log_path=log_path, alias=LLM_ALIAS, new_session=True))
+            self.processes.adopt(LLM, local_llm.start(port=port, log_path=log_path, alias=LLM_ALIAS, new_session=True))
         except local_llm.LocalLLMUnavailable as exc:
             self.stdout.write(self.style.WARNING(f"The local LLM did not start, going on without it: {exc}"))
             return None
         base_url = f"http://127.0.0.1:{port}/v1"
-        model = self._llm_model(base_url, user)
-        self._llm_evaluate(model, user, options["llm_queries"])
-        self._llm_snapshot(model, user)
+        self.llm_model = self._llm_model(base_url, self.user)
         return base_url
 
     def _llm_model(self, base_url: str, user: Any) -> LanguageModel:
@@ -218,7 +225,7 @@ class Command(BaseCommand):
         return model
 
     def _llm_evaluate(self, model: LanguageModel, user: Any, per_dataset: int) -> None:
-        """Evaluate the model on the first train queries of each dataset, in this process; skip what is answered."""
+        """Evaluate the model on the first train queries of each dataset, in this thread; skip what is answered."""
         from evaluation import engine
 
         if per_dataset < 1:
@@ -235,25 +242,24 @@ class Command(BaseCommand):
             self.stdout.write(f"  {LLM_NAME} already has its sample answered and graded.")
             return
         self.stdout.write(f"Evaluating {LLM_NAME} on the first {per_dataset} train queries of {len(work)} datasets, "
-                          f"at most {LLM_PARAMS['max_tokens']} tokens an answer (a minute or two, once: the answers "
-                          "are kept) ...")
+                          f"at most {LLM_PARAMS['max_tokens']} tokens an answer, in the background (once: the "
+                          "answers are kept; progress on the overview) ...")
         self.stdout.flush()
+        # All runs first, so that the overview shows the whole evaluation; a stop cancels those still active.
+        runs = []
         for dataset in work:
+            runs.append(engine.evaluation_run_create(dataset=dataset, models=[model], split="train", params=LLM_PARAMS,
+                                                     limit=per_dataset, user=user, queue=False))
+            self.setup_runs.append(runs[-1].pk)
+        for run in runs:
+            if self.setup_stop.is_set():
+                return
             started = time.monotonic()
-            run = engine.evaluation_run_create(dataset=dataset, models=[model], split="train", params=LLM_PARAMS,
-                                               limit=per_dataset, user=user, queue=False)
-            try:
-                engine.evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=engine.client_for_model)
-            except BaseException:
-                # Stop the run (its finished answers are kept) rather than leave it to the sweeper.
-                run.refresh_from_db()
-                if run.is_active:
-                    engine.evaluation_run_cancel(run=run, user=user)
-                raise
+            engine.evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=engine.client_for_model)
             run.refresh_from_db()
             (progress,) = selectors.run_progress(run).models
             accuracy = f"{100 * progress.mean_score:.0f}%" if progress.mean_score is not None else "-"
-            self.stdout.write(f"  {dataset.name}: {progress.done} answered, {progress.failed} failed, accuracy "
+            self.stdout.write(f"  {run.dataset.name}: {progress.done} answered, {progress.failed} failed, accuracy "
                               f"{accuracy} ({time.monotonic() - started:.0f} s)")
             self.stdout.flush()
 
@@ -294,6 +300,7 @@ class Command(BaseCommand):
         elif not user.check_password(password):
             user.set_password(password)
             user.save(update_fields=["password"])
+        set_role(user, "admin")  # the demo user is an admin (avengers_web/roles.py)
         return user
 
     def _token(self, user: Any) -> str:
@@ -311,27 +318,3 @@ class Command(BaseCommand):
         saved.write_text(key)
         saved.chmod(0o600)
         return key
-
-    def _spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
-        # A new session keeps the terminal's Ctrl-C away from the children, so that we stop them in order.
-        return subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True)
-
-    def _stop(self, children: list[subprocess.Popen[bytes]]) -> None:
-        self.stdout.write("Stopping ...")
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        if not settings.DATABASE_URL and embedded_db.started_here(settings.EMBEDDED_DB_DIR):
-            from django.db import connections
-
-            connections.close_all()
-            embedded_db.stop(settings.EMBEDDED_DB_DIR)
-            self.stdout.write(f"Stopped the embedded database in {settings.EMBEDDED_DB_DIR}.")
-        self.stdout.write("Stopped.")

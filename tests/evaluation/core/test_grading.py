@@ -12,6 +12,7 @@ from evaluation.core.grading import (
     TASK_TYPES,
     Extraction,
     Grade,
+    GradingUnavailable,
     extract_answer,
     grade,
     normalise_answer,
@@ -36,7 +37,8 @@ def test_it_describes_each_grader_truthfully() -> None:
     assert GRADERS["math"].options == ("timeout_s",)
     assert GRADERS["mcq"].options == ("choices",)
     assert GRADERS["label"].options == ("labels",)
-    assert set(GRADERS["code"].options) == {"tests", "entry_point", "prompt", "timeout_s", "memory_mb"}
+    assert set(GRADERS["code"].options) == {"tests", "entry_point", "prompt", "timeout_s", "memory_mb",
+                                            "allow_weak_sandbox"}
 
 
 def test_it_rejects_an_unknown_task_type() -> None:
@@ -391,3 +393,50 @@ def test_it_stops_a_program_that_runs_too_long() -> None:
 
 def test_it_reports_a_response_without_a_program() -> None:
     assert grade("code", "   ", "assert True") == Grade(False, 0.0, None, "no program found in the response")
+
+
+@pytest.mark.parametrize(("ending", "reason"), [
+    ("import sys\nsys.exit(0)", "the program called sys.exit(0) before the tests finished"),
+    ("raise SystemExit", "the program called sys.exit(None) before the tests finished"),
+    ("import os\nos._exit(0)", "before its tests finished"),
+    ("import os\nos.close(1)\nos.close(2)\nos._exit(0)", "before its tests finished"),
+    ("import os, signal\ntry:\n    os.kill(os.getppid(), signal.SIGKILL)\nexcept OSError:\n    pass\nos._exit(0)",
+     "before its tests finished"),
+])
+def test_a_program_that_ends_before_its_tests_scores_zero(ending: str, reason: str) -> None:
+    # add() is wrong, so only skipping the tests could pass it.
+    response = f"```python\ndef add(a, b):\n    return a - b\n\n{ending}\n```"
+    result = grade("code", response, "assert add(1, 2) == 3")
+    assert (result.correct, result.score) == (False, 0.0)
+    assert reason in result.reason, result.reason
+
+
+def test_a_test_that_exits_early_scores_zero() -> None:
+    result = grade("code", _PROGRAM, "assert add(1, 2) == 3\nimport sys\nsys.exit(0)\nassert add(2, 2) == 5")
+    assert not result.correct
+    assert "the tests called sys.exit(0) before the tests finished" in result.reason
+
+
+def test_a_program_whose_tests_all_ran_passes_even_if_it_prints_and_starts_threads() -> None:
+    response = ("```python\nimport threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n"
+                "print('x' * 100000)\ndef add(a, b):\n    return a + b\n```")
+    result = grade("code", response, "assert add(1, 2) == 3", timeout_s=5)
+    assert result.correct and result.score == 1.0, result.reason
+
+
+def test_a_sandbox_that_cannot_confine_code_raises_instead_of_grading(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evaluation.core import sandbox
+
+    seen: list[bool] = []
+
+    def refusing(source: str, **options: object) -> sandbox.SandboxResult:
+        seen.append(bool(options["allow_weak"]))
+        return sandbox.SandboxResult("refused", False, None, "", "", 0.0, sandbox.REFUSAL)
+
+    monkeypatch.setattr(sandbox, "run_python", refusing)
+    with pytest.raises(GradingUnavailable, match="install bubblewrap or set AVENGERS_SANDBOX_ALLOW_WEAK=1"):
+        grade("code", _PROGRAM, "assert add(1, 2) == 3")
+    grade_weak = GRADERS["code"].function
+    with pytest.raises(GradingUnavailable):
+        grade_weak(_PROGRAM, "assert add(1, 2) == 3", allow_weak_sandbox=True)
+    assert seen == [False, True]

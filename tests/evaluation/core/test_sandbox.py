@@ -239,11 +239,18 @@ def test_it_runs_as_an_unprivileged_user_when_started_as_root() -> None:
 
 
 def test_capabilities_name_the_active_layers() -> None:
-    caps = capabilities()
-    assert caps["tier"] in ("namespaces", "uid", "user-netns", "user")
-    assert caps["python_network_guard"] is True
-    assert caps["network_namespace"] == (caps["tier"] in ("namespaces", "user-netns"))
-    assert caps["private_root"] == caps["pid_namespace"] == (caps["tier"] == "namespaces")
+    caps = capabilities()  # without allow_weak: a confining tier, or None and the refusal in "detail"
+    assert caps["tier"] in ("namespaces", "bwrap"), caps["detail"]
+    assert caps["confines"] and caps["network_namespace"] and caps["pid_namespace"] and caps["private_root"]
+    assert caps["memory_bound"] == "total" and caps["python_network_guard"] is True
+
+
+def test_the_tests_pass_only_when_they_ran_to_their_end() -> None:
+    done = run_python("def f():\n    return 1\n", tests="assert f() == 1\n", limits=QUICK)
+    assert (done.status, done.passed, done.finished) == ("passed", True, True)
+    cut = run_python("import os\ndef f():\n    return 2\nos._exit(0)\n", tests="assert f() == 1\n", limits=QUICK)
+    assert (cut.status, cut.passed, cut.finished, cut.returncode) == ("failed", False, False, 0)
+    assert "before its tests finished" in cut.reason
 
 
 def test_several_sandboxes_run_concurrently_from_threads() -> None:
