@@ -1,17 +1,23 @@
-"""Shared REST API pieces: pagination, and JSON errors that say what is wrong and where, in one shape:
-{"error": {"code", "message", "type", ...}}."""
+"""Shared REST API pieces: one paginated response, fields that take a row by name or id, and JSON errors that
+say what is wrong and where, in one shape: {"error": {"code", "message", "type", ...}}."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.exceptions import BadRequest, PermissionDenied, RequestDataTooBig, SuspiciousOperation
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from avengers_web.service_errors import ServiceError
 
 # Paths whose errors are answered in the API's JSON shape, whatever raised them.
 API_PREFIXES = ("/api/", "/v1/")
@@ -50,6 +56,51 @@ class Pagination(PageNumberPagination):
     max_page_size = 500
 
 
+def paginate(request: Request, view: APIView, items: Any, serializer_class: type[serializers.BaseSerializer],
+             context: Callable[[Sequence[Any]], dict[str, Any]] | None = None) -> Response:
+    """Answer one page of ``items``, paginated as the view's ``pagination_class`` (which the schema documents).
+
+    ``context`` gives the serializer's context from the page's rows (data looked up for them alone).
+    """
+    paginator = (getattr(view, "pagination_class", None) or Pagination)()
+    page = paginator.paginate_queryset(items, request, view=view) or []
+    serializer = serializer_class(page, many=True, context=context(page) if context else {})
+    return paginator.get_paginated_response(serializer.data)
+
+
+# Looks the given names or ids up: the rows found, in order without repeats, and the values that match none.
+Lookup = Callable[[list[str]], tuple[list[Any], list[str]]]
+
+
+def _resolve(values: list[str], lookup: Lookup, unknown: Callable[[list[str]], str]) -> list[Any]:
+    found, missing = lookup(values)
+    if missing:
+        raise serializers.ValidationError(unknown(missing))
+    return found
+
+
+class NameOrIdField(serializers.CharField):
+    """A row given by its name or its id; validated to the row, or refused with ``unknown([value])``."""
+
+    def __init__(self, *, lookup: Lookup, unknown: Callable[[list[str]], str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lookup, self.unknown = lookup, unknown
+
+    def to_internal_value(self, data: Any) -> Any:
+        return _resolve([super().to_internal_value(data)], self.lookup, self.unknown)[0]
+
+
+class NamesOrIdsField(serializers.ListField):
+    """A list of rows given by name or id; validated to the rows, or refused with ``unknown(values found none)``."""
+
+    def __init__(self, *, lookup: Lookup, unknown: Callable[[list[str]], str], **kwargs: Any) -> None:
+        super().__init__(child=serializers.CharField(), **kwargs)
+        self.lookup, self.unknown = lookup, unknown
+
+    def to_internal_value(self, data: Any) -> Any:
+        return _resolve(super().to_internal_value(data), self.lookup, self.unknown)
+
+
 def _flatten(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     """Turn DRF's nested error detail into {"field.sub": ["message", ...]}."""
     if isinstance(detail, dict):
@@ -79,6 +130,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.ParseError("The request is malformed or refused as unsafe.")
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
+    elif isinstance(exc, ServiceError):
+        exc = exceptions.ValidationError({exc.field: [exc.message]})
+    elif isinstance(exc, DjangoValidationError):  # a model's full_clean, called by a service
+        exc = exceptions.ValidationError(exc.message_dict if hasattr(exc, "error_dict")
+                                         else {"non_field_errors": exc.messages})
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

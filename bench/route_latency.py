@@ -522,7 +522,7 @@ WHAT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("embedding: ONNX Runtime run", ("onnxruntime",)),
     ("embedding: tokenizer", ("tokenizers", "encode_batch")),
     ("database driver (psycopg)", ("psycopg",)),
-    ("embedding: pooling, numpy", ("routing/core/embedding.py", "routing/core/batching.py")),
+    ("embedding: pooling, numpy", ("routing/core/embedding/", "routing/core/batching.py")),
     ("routing in memory (core)", ("routing/core/",)),
     ("routing service (serving.py)", ("routing/serving.py",)),
     ("decision log", ("routing/decision_log.py",)),
@@ -534,7 +534,7 @@ WHAT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 STEP_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("decision log (background thread)", ("_run (routing/decision_log.py",)),
     ("decision log: submit", ("submit (routing/decision_log.py",)),
-    ("embed the query", ("embed_query (", "(routing/core/embedding.py", "(routing/core/batching.py")),
+    ("embed the query", ("embed_query (", "(routing/core/embedding/", "(routing/core/batching.py")),
     ("nearest centroid, candidates", ("_route (routing/serving.py", "(routing/core/serving.py")),
     ("models, availability", ("_models (routing/serving.py", "_availability", "availability (routing/serving.py")),
     ("decision JSON", ("_decision_json (",)),

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
@@ -12,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web import roles
-from avengers_web.api import FileValidationError, Pagination
+from avengers_web.api import FileValidationError, NameOrIdField, NamesOrIdsField, Pagination, paginate
 from evaluation import selectors, services
 from evaluation.core.datasets import DatasetFileError
 from evaluation.core.endpoints import normalise_base_url
@@ -21,10 +20,29 @@ from evaluation.core.secrets import url_without_credentials
 from evaluation.models import Dataset, LanguageModel, Query
 
 
-def _paginate(request: Request, view: APIView, items: Any, serializer: type[serializers.Serializer]) -> Response:
-    paginator = Pagination()
-    page = paginator.paginate_queryset(items, request, view=view)
-    return paginator.get_paginated_response(serializer(page, many=True).data)
+def _no_dataset(values: list[str]) -> str:
+    return f"no dataset named or numbered {values[0]!r}"
+
+
+def _no_model(values: list[str]) -> str:
+    return f"no model named or numbered {', '.join(values)}"
+
+
+def dataset_field(**kwargs: Any) -> NameOrIdField:
+    """A dataset given by name or id (the input of other apps' APIs too)."""
+    return NameOrIdField(lookup=selectors.datasets_by_name_or_id, unknown=_no_dataset, **kwargs)
+
+
+def datasets_field(**kwargs: Any) -> NamesOrIdsField:
+    return NamesOrIdsField(lookup=selectors.datasets_by_name_or_id, unknown=_no_dataset, **kwargs)
+
+
+def model_field(**kwargs: Any) -> NameOrIdField:
+    return NameOrIdField(lookup=selectors.models_by_name_or_id, unknown=_no_model, **kwargs)
+
+
+def models_field(**kwargs: Any) -> NamesOrIdsField:
+    return NamesOrIdsField(lookup=selectors.models_by_name_or_id, unknown=_no_model, **kwargs)
 
 
 class DatasetOutput(serializers.ModelSerializer):
@@ -64,7 +82,7 @@ class DatasetListCreateApi(APIView):
 
     @extend_schema(operation_id="datasets_list", responses=DatasetOutput(many=True))
     def get(self, request: Request) -> Response:
-        return _paginate(request, self, selectors.dataset_list(), DatasetOutput)
+        return paginate(request, self, selectors.dataset_list(), DatasetOutput)
 
     @extend_schema(operation_id="datasets_import", request={"multipart/form-data": DatasetUploadInput},
                    responses={201: ImportSummaryOutput})
@@ -118,10 +136,7 @@ class DatasetDetailApi(APIView):
         roles.require(request.user, roles.EDIT_DATASET, dataset)
         serializer = self.DatasetUpdateInput(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        try:
-            services.dataset_update(dataset=dataset, user=request.user, **serializer.validated_data)
-        except services.ModelFieldError as exc:
-            raise _model_errors_as_400(exc) from None
+        services.dataset_update(dataset=dataset, user=request.user, **serializer.validated_data)
         return Response(self.DatasetDetailOutput(selectors.dataset_get(pk)).data)
 
 
@@ -153,10 +168,8 @@ class DatasetQueriesApi(APIView):
             raise serializers.ValidationError({"split": ["must be 'train' or 'test'"]})
         queries = selectors.dataset_queries(dataset, split=split, task_type=request.query_params.get("task_type", ""),
                                             search=request.query_params.get("search", ""))
-        paginator = Pagination()
-        page = paginator.paginate_queryset(queries, request, view=self)
-        scores = selectors.query_scores([q.pk for q in page])
-        return paginator.get_paginated_response(QueryOutput(page, many=True, context={"scores": scores}).data)
+        return paginate(request, self, queries, QueryOutput,
+                        context=lambda page: {"scores": selectors.query_scores([q.pk for q in page])})
 
 
 class DatasetImportDetailApi(APIView):
@@ -231,13 +244,6 @@ class ModelInput(serializers.Serializer):
             raise serializers.ValidationError(f"The URL {exc}.") from None
 
 
-def _model_errors_as_400(exc: Exception) -> serializers.ValidationError:
-    if isinstance(exc, services.ModelFieldError):
-        return serializers.ValidationError({exc.field: [exc.message]})
-    assert isinstance(exc, DjangoValidationError)
-    return serializers.ValidationError(exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages})
-
-
 class ModelListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
     write_permissions = {"POST": roles.REGISTER_MODEL}
@@ -247,16 +253,13 @@ class ModelListCreateApi(APIView):
     def get(self, request: Request) -> Response:
         active = request.query_params.get("active")
         flag = None if active is None else active.lower() in ("1", "true", "yes")
-        return _paginate(request, self, selectors.model_list(active=flag), ModelOutput)
+        return paginate(request, self, selectors.model_list(active=flag), ModelOutput)
 
     @extend_schema(operation_id="models_create", request=ModelInput, responses={201: ModelOutput})
     def post(self, request: Request) -> Response:
         serializer = ModelInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
-            model = services.model_create(user=request.user, **serializer.validated_data)
-        except (services.ModelFieldError, DjangoValidationError) as exc:
-            raise _model_errors_as_400(exc) from None
+        model = services.model_create(user=request.user, **serializer.validated_data)
         return Response(ModelOutput(selectors.model_get(model.pk)).data, status=status.HTTP_201_CREATED)
 
 
@@ -278,10 +281,7 @@ class ModelDetailApi(APIView):
         roles.require(request.user, roles.EDIT_MODEL, model)
         serializer = ModelInput(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        try:
-            services.model_update(model=model, user=request.user, **serializer.validated_data)
-        except (services.ModelFieldError, DjangoValidationError) as exc:
-            raise _model_errors_as_400(exc) from None
+        services.model_update(model=model, user=request.user, **serializer.validated_data)
         return Response(ModelOutput(selectors.model_get(pk)).data)
 
     @extend_schema(operation_id="models_deactivate", responses={204: None},

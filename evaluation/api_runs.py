@@ -12,8 +12,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web import roles
-from avengers_web.api import Pagination
+from avengers_web.api import Pagination, paginate
 from evaluation import engine, selectors
+from evaluation.api import dataset_field, models_field
 from evaluation.core.sampling import ALLOWED_PARAMS
 from evaluation.models import EvaluationRun, ModelResponse
 
@@ -73,8 +74,8 @@ class RunOutput(serializers.Serializer):
 
 
 class RunCreateInput(serializers.Serializer):
-    dataset = serializers.CharField(help_text="Dataset name or id.")
-    models = serializers.ListField(child=serializers.CharField(), min_length=1, help_text="Model names or ids.")
+    dataset = dataset_field(help_text="Dataset name or id.")
+    models = models_field(min_length=1, help_text="Model names or ids.")
     split = serializers.ChoiceField(choices=EvaluationRun.Split.values, default="train")
     samples = serializers.IntegerField(default=1, min_value=1, max_value=engine.MAX_SAMPLES)
     params = serializers.DictField(required=False, default=dict,
@@ -94,18 +95,11 @@ def _run_or_404(pk: int) -> EvaluationRun:
     return run
 
 
-def _run_error(exc: engine.RunError) -> serializers.ValidationError:
-    return serializers.ValidationError({exc.field: [exc.message]})
-
-
 def _change_run(request: Request, pk: int, action: Callable[..., EvaluationRun]) -> Response:
     """Apply a service (cancel, resume) to the run and answer with the run as it is now."""
     run = _run_or_404(pk)
     roles.require(request.user, roles.CONTROL_RUN, run)
-    try:
-        action(run=run, user=request.user)
-    except engine.RunError as exc:
-        raise _run_error(exc) from None
+    action(run=run, user=request.user)
     return Response(RunOutput(_run_or_404(pk)).data)
 
 
@@ -117,9 +111,7 @@ class RunListCreateApi(APIView):
                    parameters=[OpenApiParameter("status", str, enum=EvaluationRun.Status.values)])
     def get(self, request: Request) -> Response:
         runs = selectors.run_list(status=request.query_params.get("status", ""))
-        paginator = Pagination()
-        page = paginator.paginate_queryset(runs, request, view=self)
-        return paginator.get_paginated_response(RunOutput(page, many=True).data)
+        return paginate(request, self, runs, RunOutput)
 
     @extend_schema(operation_id="evaluations_create", request=RunCreateInput, responses={201: RunOutput},
                    description="Evaluate models on a dataset's split: generation and grading run in Celery workers.")
@@ -127,19 +119,11 @@ class RunListCreateApi(APIView):
         serializer = RunCreateInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        dataset = selectors.dataset_by_name_or_id(data["dataset"])
-        if dataset is None:
-            raise serializers.ValidationError({"dataset": [f"no dataset named or numbered {data['dataset']!r}"]})
-        models, unknown = selectors.models_by_name_or_id(data["models"])
-        if unknown:
-            raise serializers.ValidationError({"models": [f"no model named or numbered {', '.join(unknown)}"]})
-        try:
-            run = engine.evaluation_run_create(
-                dataset=dataset, models=models, split=data["split"], samples=data["samples"], params=data["params"],
-                use_cache=data["use_cache"], limit=data.get("limit"), batch_size=data["batch_size"], user=request.user,
-            )
-        except engine.RunError as exc:
-            raise _run_error(exc) from None
+        run = engine.evaluation_run_create(
+            dataset=data["dataset"], models=data["models"], split=data["split"], samples=data["samples"],
+            params=data["params"], use_cache=data["use_cache"], limit=data.get("limit"), batch_size=data["batch_size"],
+            user=request.user,
+        )
         return Response(RunOutput(_run_or_404(run.pk)).data, status=status.HTTP_201_CREATED)
 
 
@@ -197,6 +181,4 @@ class RunSamplesApi(APIView):
             raise serializers.ValidationError({"verdict": ["must be correct, wrong, ungraded or failed"]})
         samples = selectors.run_samples(run, model=request.query_params.get("model", ""), verdict=verdict,
                                         search=request.query_params.get("search", ""))
-        paginator = Pagination()
-        page = paginator.paginate_queryset(samples, request, view=self)
-        return paginator.get_paginated_response(SampleOutput(page, many=True).data)
+        return paginate(request, self, samples, SampleOutput)

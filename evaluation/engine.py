@@ -42,6 +42,7 @@ from django.db.models import Count, F, Q, QuerySet
 from django.urls import reverse
 from django.utils import timezone
 
+from avengers_web.service_errors import ServiceError
 from avengers_web.services import User, activity_record, owner_of
 from evaluation import metrics, providers
 from evaluation.core import grading
@@ -75,17 +76,8 @@ REQUEST_PARAMS = ("temperature", "top_p", "max_tokens", "seed", "stop")
 MAX_BATCH_SIZE = 1000
 DEFAULT_BATCH_SIZE = 100
 # Keys of a query's metadata that graders take as options.
-GRADER_OPTIONS = ("choices", "labels", "tests", "entry_point")
+GRADER_OPTIONS = grading.QUERY_OPTIONS
 _LOCK_NAMESPACE = 0x4156  # "AV": advisory locks of model lanes live in their own namespace
-
-
-class RunError(ValueError):
-    """A run cannot be created or changed as asked; ``field`` names the input at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 # ---------------------------------------------------------------------------------------------- create
@@ -110,33 +102,34 @@ def evaluation_run_create(
     user: User = None,
     queue: bool = True,
 ) -> EvaluationRun:
-    """Create a run and queue its lanes (unless ``queue`` is off); raise RunError and create nothing on bad input."""
+    """Create a run and queue its lanes (unless ``queue`` is off); on bad input raise ServiceError, create nothing."""
     if split not in EvaluationRun.Split.values:
-        raise RunError("split", f"must be one of {', '.join(EvaluationRun.Split.values)}")
+        raise ServiceError("split", f"must be one of {', '.join(EvaluationRun.Split.values)}")
     if not 1 <= samples <= MAX_SAMPLES:
-        raise RunError("samples", f"must be between 1 and {MAX_SAMPLES}")
+        raise ServiceError("samples", f"must be between 1 and {MAX_SAMPLES}")
     if not 1 <= batch_size <= MAX_BATCH_SIZE:
-        raise RunError("batch_size", f"must be between 1 and {MAX_BATCH_SIZE}")
+        raise ServiceError("batch_size", f"must be between 1 and {MAX_BATCH_SIZE}")
     if limit is not None and limit < 1:
-        raise RunError("limit", "must be at least 1")
+        raise ServiceError("limit", "must be at least 1")
     try:
         run_params = validate_sampling_params(params or {})
     except ValueError as exc:
-        raise RunError("params", str(exc)) from None
+        raise ServiceError("params", str(exc)) from None
     unsupported = sorted(set(params or {}) - set(REQUEST_PARAMS))
     if unsupported:
-        raise RunError("params", f"{unsupported[0]}: not a run parameter; use {', '.join(REQUEST_PARAMS)} "
-                                 "(and `samples` for the number of samples)")
+        raise ServiceError("params", f"{unsupported[0]}: not a run parameter; use {', '.join(REQUEST_PARAMS)} "
+                                     "(and `samples` for the number of samples)")
     if not models:
-        raise RunError("models", "choose at least one model")
+        raise ServiceError("models", "choose at least one model")
     for model in models:
         if model.is_offline:
-            raise RunError("models", f"{model.name} is an offline model (no endpoint URL); give it a base URL first")
+            raise ServiceError("models",
+                               f"{model.name} is an offline model (no endpoint URL); give it a base URL first")
         if not model.is_active:
-            raise RunError("models", f"{model.name} is inactive; activate it first")
+            raise ServiceError("models", f"{model.name} is inactive; activate it first")
     query_ids = list(run_queries(dataset, split).order_by("id").values_list("id", flat=True)[:limit])
     if not query_ids:
-        raise RunError("split", f"dataset {dataset.name} has no {split} queries")
+        raise ServiceError("split", f"dataset {dataset.name} has no {split} queries")
     task_types = sorted(set(Query.objects.filter(id__in=query_ids).values_list("task_type", flat=True)))
     owner = owner_of(user)
     with transaction.atomic():
@@ -191,7 +184,7 @@ def evaluation_run_cancel(*, run: EvaluationRun, user: User = None) -> Evaluatio
         pk=run.pk, status__in=[EvaluationRun.Status.PENDING, EvaluationRun.Status.RUNNING]
     ).update(status=EvaluationRun.Status.CANCELLED, finished_at=timezone.now(), message="cancelled")
     if not updated:
-        raise RunError("status", f"run {run.pk} is {run.status}; only a running run can be cancelled")
+        raise ServiceError("status", f"run {run.pk} is {run.status}; only a running run can be cancelled")
     activity_record(actor=user, verb="cancelled evaluation", target=f"run {run.pk}",
                     url=reverse("evaluation-detail", args=[run.pk]))
     run.refresh_from_db()
@@ -205,13 +198,13 @@ def evaluation_run_resume(*, run: EvaluationRun, user: User = None, queue: bool 
         if run.status == EvaluationRun.Status.RUNNING and run.batches.filter(
             status__in=[EvaluationBatch.Status.PENDING, EvaluationBatch.Status.RUNNING]
         ).exists():
-            raise RunError("status", f"run {run.pk} is still running; cancel it first or wait")
+            raise ServiceError("status", f"run {run.pk} is still running; cancel it first or wait")
         live = run.batches.filter(status=EvaluationBatch.Status.RUNNING,
                                   heartbeat_at__gte=timezone.now() - timedelta(seconds=settings.EVAL_STALE_AFTER_S))
         if live.exists():
             # Their requests in flight would be counted as missing and asked for twice.
-            raise RunError("status", f"run {run.pk} was cancelled, but a worker is still finishing the requests "
-                                     "it had sent; resume in a few seconds")
+            raise ServiceError("status", f"run {run.pk} was cancelled, but a worker is still finishing the requests "
+                                         "it had sent; resume in a few seconds")
         # Batches still marked running here belong to a worker that died: their work is redone below.
         run.batches.all().delete()
         progress = run_progress(run)

@@ -246,30 +246,30 @@ def run_get(pk: int) -> EvaluationRun | None:
     return run_list().filter(pk=pk).first()
 
 
-def dataset_by_name_or_id(value: str | int) -> Dataset | None:
-    text = str(value).strip()
-    found = Dataset.objects.filter(name=text).first()
-    pk = parse_id(text)
-    if found is None and pk is not None:
-        found = Dataset.objects.filter(pk=pk).first()
-    return found
-
-
-def models_by_name_or_id(values: list[str]) -> tuple[list[LanguageModel], list[str]]:
-    """Return the models named (or numbered) in ``values``, in that order, and the values that match none."""
-    found: list[LanguageModel] = []
+def _by_name_or_id(objects: QuerySet[Any], values: list[str]) -> tuple[list[Any], list[str]]:
+    """Return the rows named (or numbered) in ``values``, in that order without repeats, and the values that match
+    none."""
+    found: list[Any] = []
     unknown: list[str] = []
     for value in values:
         text = str(value).strip()
-        model = LanguageModel.objects.filter(name=text).first()
+        row = objects.filter(name=text).first()
         pk = parse_id(text)
-        if model is None and pk is not None:
-            model = LanguageModel.objects.filter(pk=pk).first()
-        if model is None:
+        if row is None and pk is not None:
+            row = objects.filter(pk=pk).first()
+        if row is None:
             unknown.append(text)
-        elif model not in found:
-            found.append(model)
+        elif row not in found:
+            found.append(row)
     return found, unknown
+
+
+def datasets_by_name_or_id(values: list[str]) -> tuple[list[Dataset], list[str]]:
+    return _by_name_or_id(Dataset.objects.all(), values)
+
+
+def models_by_name_or_id(values: list[str]) -> tuple[list[LanguageModel], list[str]]:
+    return _by_name_or_id(LanguageModel.objects.all(), values)
 
 
 def run_samples(run: EvaluationRun, *, model: str = "", verdict: str = "", search: str = "") -> QuerySet[ModelResponse]:

@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
+from avengers_web.service_errors import ServiceError
 from avengers_web.services import User, activity_record, owner_of
 from evaluation import providers
 from evaluation.core.datasets import (
@@ -275,7 +276,7 @@ def _clean_templates(fields: dict[str, Any]) -> dict[str, Any]:
         try:
             fields["prompt_templates"] = validate_templates(fields["prompt_templates"] or {})
         except ValueError as exc:
-            raise ModelFieldError("prompt_templates", str(exc)) from None
+            raise ServiceError("prompt_templates", str(exc)) from None
     return fields
 
 
@@ -297,30 +298,21 @@ def _clean_model_fields(fields: dict[str, Any]) -> dict[str, Any]:
     key = fields.get("api_key") or ""
     if key and not (key.isascii() and key.isprintable() and " " not in key):
         # It travels in an HTTP header (Authorization: Bearer KEY), which holds printable ASCII only.
-        raise ModelFieldError("api_key", "The API key must be printable ASCII without spaces.")
+        raise ServiceError("api_key", "The API key must be printable ASCII without spaces.")
     if "default_params" in fields:
         try:
             fields["default_params"] = validate_sampling_params(fields["default_params"] or {})
         except ValueError as exc:
-            raise ModelFieldError("default_params", str(exc)) from None
+            raise ServiceError("default_params", str(exc)) from None
     if "base_url" in fields:
         try:
             fields["base_url"] = normalise_base_url(fields["base_url"] or "")
         except ValueError as exc:
-            raise ModelFieldError("base_url", f"The URL {exc}.") from None
+            raise ServiceError("base_url", f"The URL {exc}.") from None
         refusal = providers.endpoint_refusal(fields["base_url"]) if fields["base_url"] else None
         if refusal is not None:
-            raise ModelFieldError("base_url", f"Not allowed here: {refusal}.")
+            raise ServiceError("base_url", f"Not allowed here: {refusal}.")
     return fields
-
-
-class ModelFieldError(ValueError):
-    """A field of a model endpoint is invalid."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(f"{field_name}: {message}")
-        self.field = field_name
-        self.message = message
 
 
 def model_create(*, user: User, name: str, **fields: Any) -> LanguageModel:

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from avengers_web import roles
+from avengers_web.service_errors import ServiceError, add_service_error
 from evaluation import selectors, services
 from evaluation.core.datasets import TASK_TYPES, DatasetFileError
 from evaluation.core.prompts import DEFAULT_TEMPLATES
@@ -129,10 +130,8 @@ def model_create(request: HttpRequest) -> HttpResponse:
         name = data.pop("name")
         try:
             model = services.model_create(user=request.user, name=name, **data)
-        except services.ModelFieldError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
-        except ValidationError as exc:
-            _add_errors(form, exc)
+        except (ServiceError, ValidationError) as exc:
+            add_service_error(form, exc)
         else:
             messages.success(request, f"Registered {model.name}.")
             return redirect("model-detail", pk=model.pk)
@@ -149,10 +148,8 @@ def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             services.model_update(model=model, user=request.user, **form.changed_fields())
-        except services.ModelFieldError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
-        except ValidationError as exc:
-            _add_errors(form, exc)
+        except (ServiceError, ValidationError) as exc:
+            add_service_error(form, exc)
         else:
             messages.success(request, f"Saved {model.name}.")
             return redirect("model-detail", pk=model.pk)
@@ -181,11 +178,3 @@ def model_test_connection(request: HttpRequest, pk: int) -> HttpResponse:
     result = services.model_test_connection(model=model, user=request.user)
     (messages.success if result.ok else messages.error)(request, f"Test connection: {result.message}")
     return redirect("model-detail", pk=pk)
-
-
-def _add_errors(form: ModelForm, exc: ValidationError) -> None:
-    if hasattr(exc, "error_dict"):
-        for field, errors in exc.message_dict.items():
-            form.add_error(field if field in form.fields else None, errors)
-    else:
-        form.add_error(None, exc.messages)

@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from avengers_web import roles
+from avengers_web.service_errors import ServiceError, add_service_error
 from evaluation import engine, selectors
 from evaluation.forms import EvaluationRunForm
 from evaluation.models import EvaluationRun
@@ -45,22 +46,14 @@ def evaluation_create(request: HttpRequest) -> HttpResponse:
                 dataset=data["dataset"], models=list(data["models"]), split=data["split"], samples=data["samples"],
                 params=form.params(), use_cache=data["use_cache"], limit=data["limit"], user=request.user,
             )
-        except engine.RunError as exc:
-            form.add_error(_error_field(form, exc), exc.message)
+        except ServiceError as exc:
+            add_service_error(form, exc)
         else:
             messages.success(request, f"Started evaluation {run.pk}.")
             return redirect("evaluation-detail", pk=run.pk)
     return render(request, "evaluation/run_form.html", {
         "form": form, "has_datasets": datasets.exists(), "has_models": models.exists(),
     })
-
-
-def _error_field(form: EvaluationRunForm, exc: engine.RunError) -> str | None:
-    """Name the form field a RunError is about; a bad parameter is reported as "params" with "<name>: ..."."""
-    field = exc.field
-    if field == "params":
-        field = exc.message.split(":", 1)[0].strip()
-    return field if field in form.fields else None
 
 
 def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
@@ -85,7 +78,7 @@ def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     roles.require(request.user, roles.CONTROL_RUN, run)
     try:
         engine.evaluation_run_cancel(run=run, user=request.user)
-    except engine.RunError as exc:
+    except ServiceError as exc:
         messages.error(request, f"Could not cancel: {exc.message}")
     else:
         messages.success(request, f"Cancelled evaluation {run.pk}; the requests in flight are still saved.")
@@ -99,7 +92,7 @@ def evaluation_resume(request: HttpRequest, pk: int) -> HttpResponse:
     roles.require(request.user, roles.CONTROL_RUN, run)
     try:
         run = engine.evaluation_run_resume(run=run, user=request.user)
-    except engine.RunError as exc:
+    except ServiceError as exc:
         messages.error(request, f"Could not resume: {exc.message}")
     else:
         messages.success(request, f"Resumed evaluation {run.pk}: {run.message}" if run.message

@@ -14,8 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web import roles
-from avengers_web.api import Pagination
-from evaluation import selectors as evaluation_selectors
+from avengers_web.api import Pagination, paginate
+from evaluation.api import dataset_field, datasets_field, model_field, models_field
 from routing import selectors, services
 from routing.core.router import ROUTERS
 from routing.models import EmbeddingJob, RouterSnapshot, SnapshotProfile
@@ -26,10 +26,6 @@ def _snapshot_or_404(pk: int) -> RouterSnapshot:
     if snapshot is None:
         raise Http404
     return snapshot
-
-
-def _calibration_error(exc: services.CalibrationError) -> serializers.ValidationError:
-    return serializers.ValidationError({exc.field: [exc.message]})
 
 
 class SnapshotOutput(serializers.ModelSerializer):
@@ -56,8 +52,8 @@ class SnapshotOutput(serializers.ModelSerializer):
 
 
 class SnapshotCreateInput(serializers.Serializer):
-    datasets = serializers.ListField(child=serializers.CharField(), min_length=1, help_text="Dataset names or ids.")
-    models = serializers.ListField(child=serializers.CharField(), min_length=1, help_text="The pool: names or ids.")
+    datasets = datasets_field(min_length=1, help_text="Dataset names or ids.")
+    models = models_field(min_length=1, help_text="The pool: names or ids.")
     embedder = serializers.CharField(default=lambda: settings.EMBEDDER, help_text="Default: AVENGERS_EMBEDDER.")
     method = serializers.CharField(default="kmeans", help_text="kmeans, agglomerative, gmm, spectral or birch.")
     k = serializers.IntegerField(default=64, min_value=1)
@@ -76,32 +72,13 @@ class SnapshotCreateInput(serializers.Serializer):
                                                     'infinity as "inf".')
 
 
-def _datasets(values: list[str]) -> list[Any]:
-    found = []
-    for value in values:
-        dataset = evaluation_selectors.dataset_by_name_or_id(value)
-        if dataset is None:
-            raise serializers.ValidationError({"datasets": [f"no dataset named or numbered {value!r}"]})
-        found.append(dataset)
-    return found
-
-
-def _models(values: list[str], field: str = "models") -> list[Any]:
-    found, unknown = evaluation_selectors.models_by_name_or_id(values)
-    if unknown:
-        raise serializers.ValidationError({field: [f"no model named or numbered {', '.join(unknown)}"]})
-    return found
-
-
 class SnapshotListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
     write_permissions = {"POST": roles.BUILD_SNAPSHOT}
 
     @extend_schema(operation_id="snapshots_list", responses=SnapshotOutput(many=True))
     def get(self, request: Request) -> Response:
-        paginator = Pagination()
-        page = paginator.paginate_queryset(selectors.snapshot_list().prefetch_related("pool"), request, view=self)
-        return paginator.get_paginated_response(SnapshotOutput(page, many=True).data)
+        return paginate(request, self, selectors.snapshot_list().prefetch_related("pool"), SnapshotOutput)
 
     @extend_schema(operation_id="snapshots_create", request=SnapshotCreateInput, responses={201: SnapshotOutput},
                    description="Build a snapshot in a worker: embed what is missing, cluster, profile, select the "
@@ -110,15 +87,12 @@ class SnapshotListCreateApi(APIView):
         serializer = SnapshotCreateInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        try:
-            snapshot = services.snapshot_create(
-                datasets=_datasets(data["datasets"]), models=_models(data["models"]), embedder=data["embedder"],
-                method=data["method"], k=data["k"], seed=data["seed"], shrinkage=data["shrinkage"],
-                team_size=data.get("team_size"), team=data.get("team"), label=data["label"], user=request.user,
-                router=data["router"], router_params=data["router_params"],
-            )
-        except services.CalibrationError as exc:
-            raise _calibration_error(exc) from None
+        snapshot = services.snapshot_create(
+            datasets=data["datasets"], models=data["models"], embedder=data["embedder"],
+            method=data["method"], k=data["k"], seed=data["seed"], shrinkage=data["shrinkage"],
+            team_size=data.get("team_size"), team=data.get("team"), label=data["label"], user=request.user,
+            router=data["router"], router_params=data["router_params"],
+        )
         return Response(SnapshotOutput(_snapshot_or_404(snapshot.pk)).data, status=status.HTTP_201_CREATED)
 
 
@@ -129,10 +103,7 @@ class SnapshotDetailApi(APIView):
 
 
 def _derive(request: Request, pk: int, action: Callable[..., RouterSnapshot], **arguments: Any) -> Response:
-    try:
-        result = action(snapshot=_snapshot_or_404(pk), user=request.user, **arguments)
-    except services.CalibrationError as exc:
-        raise _calibration_error(exc) from None
+    result = action(snapshot=_snapshot_or_404(pk), user=request.user, **arguments)
     return Response(SnapshotOutput(_snapshot_or_404(result.pk)).data,
                     status=status.HTTP_200_OK if result.pk == pk else status.HTTP_201_CREATED)
 
@@ -151,7 +122,7 @@ class SnapshotAddModelApi(APIView):
     write_permissions = {"POST": roles.BUILD_SNAPSHOT}
 
     class AddModelInput(serializers.Serializer):
-        model = serializers.CharField(help_text="Model name or id.")
+        model = model_field(help_text="Model name or id.")
 
     @extend_schema(operation_id="snapshots_add_model", request=AddModelInput, responses={201: SnapshotOutput},
                    description="Derive a snapshot with the same clusters and this model's profile added; the model "
@@ -159,15 +130,14 @@ class SnapshotAddModelApi(APIView):
     def post(self, request: Request, pk: int) -> Response:
         serializer = self.AddModelInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        (model,) = _models([serializer.validated_data["model"]], field="model")
-        return _derive(request, pk, services.snapshot_add_model, model=model)
+        return _derive(request, pk, services.snapshot_add_model, model=serializer.validated_data["model"])
 
 
 class SnapshotAddDatasetApi(APIView):
     write_permissions = {"POST": roles.BUILD_SNAPSHOT}
 
     class AddDatasetInput(serializers.Serializer):
-        dataset = serializers.CharField(help_text="Dataset name or id.")
+        dataset = dataset_field(help_text="Dataset name or id.")
 
     @extend_schema(operation_id="snapshots_add_dataset", request=AddDatasetInput, responses={201: SnapshotOutput},
                    description="Derive a snapshot over the union of datasets, re-clustered, after embedding the new "
@@ -175,11 +145,7 @@ class SnapshotAddDatasetApi(APIView):
     def post(self, request: Request, pk: int) -> Response:
         serializer = self.AddDatasetInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        value = serializer.validated_data["dataset"]
-        dataset = evaluation_selectors.dataset_by_name_or_id(value)
-        if dataset is None:
-            raise serializers.ValidationError({"dataset": [f"no dataset named or numbered {value!r}"]})
-        return _derive(request, pk, services.snapshot_add_dataset, dataset=dataset)
+        return _derive(request, pk, services.snapshot_add_dataset, dataset=serializer.validated_data["dataset"])
 
 
 class LeaderboardEntry(serializers.Serializer):
@@ -233,9 +199,7 @@ class SnapshotProfilesApi(APIView):
         model = request.query_params.get("model", "")
         if model:
             profiles = profiles.filter(model__name=model)
-        paginator = Pagination()
-        page = paginator.paginate_queryset(profiles.order_by("model__name", "cluster"), request, view=self)
-        return paginator.get_paginated_response(ProfileOutput(page, many=True).data)
+        return paginate(request, self, profiles.order_by("model__name", "cluster"), ProfileOutput)
 
 
 class HeldoutOutput(serializers.Serializer):
@@ -273,7 +237,7 @@ class EmbeddingJobCreateApi(APIView):
     write_permissions = {"POST": roles.EMBED}
 
     class EmbeddingJobInput(serializers.Serializer):
-        datasets = serializers.ListField(child=serializers.CharField(), min_length=1)
+        datasets = datasets_field(min_length=1)
         embedder = serializers.CharField(default=lambda: settings.EMBEDDER,
                                          help_text="Default: AVENGERS_EMBEDDER.")
 
@@ -282,11 +246,8 @@ class EmbeddingJobCreateApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = self.EmbeddingJobInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
-            job = services.embedding_job_create(datasets=_datasets(serializer.validated_data["datasets"]),
-                                                embedder=serializer.validated_data["embedder"], user=request.user)
-        except services.CalibrationError as exc:
-            raise _calibration_error(exc) from None
+        job = services.embedding_job_create(datasets=serializer.validated_data["datasets"],
+                                            embedder=serializer.validated_data["embedder"], user=request.user)
         return Response(EmbeddingJobOutput(job).data, status=status.HTTP_201_CREATED)
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from evaluation.core.datasets import DatasetFileError, parse_dataset_file, seeded_split
 from routing.core.clustering import CLUSTERING_METHODS
 from routing.core.embedding import DEFAULT_EMBEDDER
-from routing.core.evaluation import (
+from routing.core.heldout import (
     BASELINES,
     COMPARED,
     SEEDS,

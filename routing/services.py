@@ -8,7 +8,7 @@ How a snapshot is built (``snapshot_build``, a Celery task, resumable because ev
 4. Cluster the train embeddings (or, for a new model, take the parent's clusters as they are), choose the
    shrinkage (5-fold CV on train when "auto"), build the capability profiles, pick the team by rank score.
 5. Choose the router it routes with (``router`` "auto": 5-fold CV on train among the default candidates,
-   ``routing.core.evaluation.DEFAULT_CANDIDATES``; or the router named), and evaluate it, the compared routers
+   ``routing.core.heldout.DEFAULT_CANDIDATES``; or the router named), and evaluate it, the compared routers
    and the baselines on the test split (the scores stored) with the same functions as
    `python -m routing.offline evaluate`. The routing service fits the chosen router again from what is stored
    (``snapshot_router``), so live routing is the router measured here.
@@ -33,12 +33,13 @@ from django.urls import reverse
 from django.utils import timezone
 from numpy.typing import NDArray
 
+from avengers_web.service_errors import ServiceError
 from avengers_web.services import User, activity_record, owner_of
 from evaluation import engine
 from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
 from routing.core.clustering import CLUSTERING_METHODS, Clustering, fit_clusters
 from routing.core.embedding import EMBEDDERS, CachedEmbedder, Embedder, EmbeddingCache, get_embedder
-from routing.core.evaluation import (
+from routing.core.heldout import (
     COMPARED,
     RouterConfig,
     RouterSpec,
@@ -70,15 +71,6 @@ EMBED_BATCH = 256
 _VERSION_LOCK = 0x5256  # "RV": serialises version numbers of new snapshots
 
 
-class CalibrationError(ValueError):
-    """A snapshot or embedding job cannot be made as asked; ``field`` names the input at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
 # ---------------------------------------------------------------------------------------------- embedding
 
 
@@ -91,7 +83,7 @@ def default_embedder(name: str) -> Embedder:
 
 def _check_embedder(name: str) -> None:
     if name not in EMBEDDERS:
-        raise CalibrationError("embedder", f"unknown embedder {name!r}; use one of {', '.join(sorted(EMBEDDERS))}")
+        raise ServiceError("embedder", f"unknown embedder {name!r}; use one of {', '.join(sorted(EMBEDDERS))}")
 
 
 def embed_missing(*, query_ids: Sequence[int], embedder_name: str, embedder: Embedder,
@@ -124,7 +116,7 @@ def embedding_job_create(*, datasets: Sequence[Dataset], embedder: str | None = 
     embedder = embedder or settings.EMBEDDER
     _check_embedder(embedder)
     if not datasets:
-        raise CalibrationError("datasets", "choose at least one dataset")
+        raise ServiceError("datasets", "choose at least one dataset")
     with transaction.atomic():
         job = EmbeddingJob.objects.create(embedder=embedder, created_by=owner_of(user))
         job.datasets.set(datasets)
@@ -168,7 +160,7 @@ def embeddings_of(query_ids: Sequence[int], embedder_name: str) -> NDArray[np.fl
                 .values_list("query_id", "vector"))
     missing = [q for q in query_ids if q not in rows]
     if missing:
-        raise CalibrationError("embedder", f"{len(missing)} queries have no {embedder_name} vector yet")
+        raise ServiceError("embedder", f"{len(missing)} queries have no {embedder_name} vector yet")
     return np.asarray([rows[q] for q in query_ids], dtype=np.float32).reshape(len(query_ids), -1)
 
 
@@ -221,9 +213,9 @@ def _parse_shrinkage(value: str | float) -> str:
     try:
         number = float(text)
     except ValueError:
-        raise CalibrationError("shrinkage", 'must be "auto" or a number of pseudo-queries >= 0') from None
+        raise ServiceError("shrinkage", 'must be "auto" or a number of pseudo-queries >= 0') from None
     if not number >= 0:
-        raise CalibrationError("shrinkage", "must be >= 0")
+        raise ServiceError("shrinkage", "must be >= 0")
     return repr(number)
 
 
@@ -252,32 +244,32 @@ def snapshot_create(
     router: str = "auto",
     router_params: Mapping[str, Any] | None = None,
 ) -> RouterSnapshot:
-    """Create a snapshot and queue its build; raise CalibrationError naming the bad input and create nothing.
+    """Create a snapshot and queue its build; raise ServiceError naming the bad input and create nothing.
 
     ``embedder`` defaults to AVENGERS_EMBEDDER. ``router`` is "auto" (the default router, chosen at build time
     by CV on train) or a registered router's name, with ``router_params`` overriding its defaults."""
     embedder = embedder or settings.EMBEDDER
     _check_embedder(embedder)
     if method not in CLUSTERING_METHODS:
-        raise CalibrationError("method", f"unknown method {method!r}; use one of {', '.join(sorted(CLUSTERING_METHODS))}")
+        raise ServiceError("method", f"unknown method {method!r}; use one of {', '.join(sorted(CLUSTERING_METHODS))}")
     if not datasets:
-        raise CalibrationError("datasets", "choose at least one dataset")
+        raise ServiceError("datasets", "choose at least one dataset")
     if not models:
-        raise CalibrationError("models", "choose at least one model")
+        raise ServiceError("models", "choose at least one model")
     if k < 1:
-        raise CalibrationError("k", "must be at least 1")
+        raise ServiceError("k", "must be at least 1")
     router_params = _check_router(router, router_params)
     shrinkage_setting = _parse_shrinkage(shrinkage)
     names = [m.name for m in models]
     if team is not None:
         unknown = [t for t in team if t not in names]
         if unknown or not team:
-            raise CalibrationError("team", f"{', '.join(unknown) or 'an empty team'}: the team must be models of the pool")
+            raise ServiceError("team", f"{', '.join(unknown) or 'an empty team'}: the team must be models of the pool")
     if team_size is not None and not 1 <= team_size <= len(models):
-        raise CalibrationError("team_size", f"must be between 1 and the pool size ({len(models)})")
+        raise ServiceError("team_size", f"must be between 1 and the pool size ({len(models)})")
     n_train = Query.objects.filter(dataset__in=datasets, split="train").count()
     if n_train < k:
-        raise CalibrationError("k", f"K={k} is more than the {n_train} train queries of these datasets")
+        raise ServiceError("k", f"K={k} is more than the {n_train} train queries of these datasets")
     with transaction.atomic():
         snapshot = RouterSnapshot.objects.create(
             version=_next_version(), label=label, kind=kind, parent=parent, embedder=embedder, method=method, k=k,
@@ -297,18 +289,18 @@ def snapshot_create(
 def _check_router(router: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate a router setting; return its parameters as stored (JSON: infinity as "inf")."""
     if not isinstance(router, str) or (router != "auto" and router not in ROUTERS):
-        raise CalibrationError("router", f"unknown router {router!r}; use auto or one of {', '.join(ROUTERS)}")
+        raise ServiceError("router", f"unknown router {router!r}; use auto or one of {', '.join(ROUTERS)}")
     if params is not None and not isinstance(params, Mapping):
-        raise CalibrationError("router_params", "must be an object of parameter names and values")
+        raise ServiceError("router_params", "must be an object of parameter names and values")
     params = dict(params or {})
     if router == "auto" and params:
-        raise CalibrationError("router_params", "parameters need a named router; auto chooses among fixed candidates")
+        raise ServiceError("router_params", "parameters need a named router; auto chooses among fixed candidates")
     if router == "auto":
         return {}
     try:
         spec = RouterSpec.from_json({"router": router, "params": params})
     except ValueError as exc:
-        raise CalibrationError("router_params", str(exc)) from None
+        raise ServiceError("router_params", str(exc)) from None
     return json_params(spec.params)
 
 
@@ -364,19 +356,19 @@ def snapshot_add_model(*, snapshot: RouterSnapshot, model: LanguageModel, user: 
     the derived snapshot's team by hand; by default it is chosen as the parent's was.
     """
     if snapshot.status != RouterSnapshot.Status.DONE:
-        raise CalibrationError("snapshot", f"v{snapshot.version} is {snapshot.status}; derive from a finished snapshot")
+        raise ServiceError("snapshot", f"v{snapshot.version} is {snapshot.status}; derive from a finished snapshot")
     pool = list(snapshot.pool.all())
     if model in pool:
-        raise CalibrationError("model", f"{model.name} is already in v{snapshot.version}")
+        raise ServiceError("model", f"{model.name} is already in v{snapshot.version}")
     datasets = list(snapshot.datasets.all())
     scored = Query.objects.filter(dataset__in=datasets, split="train", responses__model=model,
                                   responses__score__isnull=False, responses__error="").exists()
     if not scored and not evaluate_missing:
-        raise CalibrationError("model", f"{model.name} has no scores on the snapshot's train queries; evaluate it "
-                                        "first, or let the snapshot evaluate what is missing")
+        raise ServiceError("model", f"{model.name} has no scores on the snapshot's train queries; evaluate it "
+                                    "first, or let the snapshot evaluate what is missing")
     if model.is_offline and not scored:
-        raise CalibrationError("model", f"{model.name} has no scores on the snapshot's train queries and no "
-                                        "endpoint to evaluate it; import its results or give it a base URL")
+        raise ServiceError("model", f"{model.name} has no scores on the snapshot's train queries and no "
+                                    "endpoint to evaluate it; import its results or give it a base URL")
     if team is None and snapshot.team_chosen_by_hand:
         team = snapshot.team
     with transaction.atomic():
@@ -395,12 +387,12 @@ def snapshot_add_dataset(*, snapshot: RouterSnapshot, dataset: Dataset, user: Us
                          queue: bool = True) -> RouterSnapshot:
     """Derive a snapshot over the union of datasets, re-clustered, after evaluating the pool on the new one."""
     if snapshot.status != RouterSnapshot.Status.DONE:
-        raise CalibrationError("snapshot", f"v{snapshot.version} is {snapshot.status}; derive from a finished snapshot")
+        raise ServiceError("snapshot", f"v{snapshot.version} is {snapshot.status}; derive from a finished snapshot")
     datasets = list(snapshot.datasets.all())
     if dataset in datasets:
-        raise CalibrationError("dataset", f"{dataset.name} is already in v{snapshot.version}")
+        raise ServiceError("dataset", f"{dataset.name} is already in v{snapshot.version}")
     if not Query.objects.filter(dataset=dataset, split="train").exists():
-        raise CalibrationError("dataset", f"{dataset.name} has no train queries to calibrate on")
+        raise ServiceError("dataset", f"{dataset.name} has no train queries to calibrate on")
     pool = list(snapshot.pool.all())
     with transaction.atomic():
         derived = snapshot_create(
@@ -417,8 +409,8 @@ def snapshot_add_dataset(*, snapshot: RouterSnapshot, dataset: Dataset, user: Us
 def snapshot_activate(*, snapshot: RouterSnapshot, user: User = None) -> RouterSnapshot:
     """Make this snapshot the one routing uses; record who and when."""
     if snapshot.status != RouterSnapshot.Status.DONE:
-        raise CalibrationError("snapshot", f"v{snapshot.version} is {snapshot.status}; only a finished snapshot "
-                                           "can route")
+        raise ServiceError("snapshot", f"v{snapshot.version} is {snapshot.status}; only a finished snapshot "
+                                       "can route")
     with transaction.atomic():
         # Each revision bump tells every web process to reload what it serves (routing.serving).
         RouterSnapshot.objects.select_for_update().filter(is_active=True).exclude(pk=snapshot.pk).update(

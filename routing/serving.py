@@ -34,7 +34,7 @@ from django.utils import timezone
 
 from evaluation import providers
 from evaluation.core.generation import ChatRequest, Completion, GenerationError, RetryPolicy
-from evaluation.core.grading import TASK_TYPES, extract_answer, normaliser
+from evaluation.core.grading import TASK_TYPES, extract_answer, is_free_text, normaliser
 from evaluation.core.prompts import render, resolve_template
 from evaluation.models import LanguageModel
 from routing import decision_log, metrics
@@ -578,8 +578,9 @@ def answer(request: Request) -> dict[str, Any]:
     assert winner is not None and outcome.vote is not None
     trace.chosen = winner.model
     # Where the normalised key is the canonical answer (a number, a letter, a label, a literal) it is the answer;
-    # for free text (qa, code) the winning sample's answer as the model wrote it ("Mars", not the key "mars").
-    if task_type in ("qa", "code") and winner.answer is not None:
+    # for free text (graders registered free_text: qa, code) the winning sample's answer as the model wrote it
+    # ("Mars", not the key "mars").
+    if is_free_text(task_type) and winner.answer is not None:
         final = winner.answer
     else:
         final = outcome.vote.answer if outcome.vote.answer is not None else (winner.answer or "")

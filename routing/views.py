@@ -15,6 +15,7 @@ from django.views.decorators.http import require_POST
 
 from avengers_web import roles
 from avengers_web.parsing import parse_id
+from avengers_web.service_errors import ServiceError, add_service_error
 from evaluation.models import Dataset, LanguageModel
 from routing import selectors, services
 from routing.core.clustering import CLUSTERING_METHODS
@@ -103,7 +104,7 @@ def snapshot_activate(request: HttpRequest, pk: int) -> HttpResponse:
     roles.require(request.user, roles.ACTIVATE_SNAPSHOT, snapshot)
     try:
         services.snapshot_activate(snapshot=snapshot, user=request.user)
-    except services.CalibrationError as exc:
+    except ServiceError as exc:
         messages.error(request, f"Could not activate {snapshot}: {exc.message}")
     else:
         messages.success(request, f"{snapshot} is now the active router.")
@@ -209,8 +210,8 @@ def snapshot_create(request: HttpRequest) -> HttpResponse:
                 team_size=data["team_size"], team=[m.name for m in data["team"]] or None, label=data["label"],
                 user=request.user, router=data["router"] or "auto",
             )
-        except services.CalibrationError as exc:
-            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        except ServiceError as exc:
+            add_service_error(form, exc)
         else:
             messages.success(request, f"Building {snapshot}; this page follows its progress.")
             return redirect("snapshot-detail", pk=snapshot.pk)
@@ -236,7 +237,7 @@ def snapshot_derive(request: HttpRequest, pk: int) -> HttpResponse:
             derived = services.snapshot_add_model(snapshot=snapshot, model=chosen, user=request.user)
         else:
             derived = services.snapshot_add_dataset(snapshot=snapshot, dataset=chosen, user=request.user)
-    except services.CalibrationError as exc:
+    except ServiceError as exc:
         messages.error(request, f"Could not derive from {snapshot}: {exc.message}")
         return redirect("snapshot-detail", pk=pk)
     messages.success(request, f"Building {derived} ({derived.get_kind_display()}).")

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from evaluation.core.datasets import TASK_TYPES
+from evaluation.core.grading import TASK_TYPES
 
 PLACEHOLDER = "{query}"
 CHOICES_PLACEHOLDER = "{choices}"

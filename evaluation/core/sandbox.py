@@ -289,11 +289,12 @@ def _execute(source: str, tests: str | None, limits: Limits, tier: _Tier) -> San
         python = os.path.realpath(sys.executable)
         home = "/sandbox" if tier.private_root else work
         tmpfs_mb = 2 * limits.max_file_mb + 16
+        python_dirs = _python_dirs(python)
         config = {
             "report_fd": report_fd, "root": work, "uid": None if tier.bwrap else uid,
             "unshare": tier.unshare, "inside_bwrap": tier.bwrap, "pid_ns": tier.pid_ns,
             "python": python, "runner": _source("sandbox_runner.py"), "wall_s": limits.wall_s,
-            "python_dirs": _python_dirs(python), "tmpfs_mb": tmpfs_mb,
+            "python_dirs": python_dirs, "tmpfs_mb": tmpfs_mb,
             "rlimits": _rlimits(limits, tier), "memory_total": limits.memory_mb * 1024 * 1024,
         }
         env = {
@@ -305,7 +306,7 @@ def _execute(source: str, tests: str | None, limits: Limits, tier: _Tier) -> San
         supervisor = [python, "-I", "-S", "-c", _source("sandbox_supervisor.py"), json.dumps(config)]
         user: dict[str, Any] = {}
         if tier.bwrap:
-            command = _bwrap_command(str(_find_bwrap()), config["python_dirs"], tmpfs_mb) + supervisor
+            command = _bwrap_command(str(_find_bwrap()), python_dirs, tmpfs_mb) + supervisor
             if uid is not None:  # bubblewrap itself runs as the sandbox uid, so nothing inside is root
                 user = {"user": uid, "group": uid, "extra_groups": []}
         else:

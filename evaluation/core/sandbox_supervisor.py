@@ -209,7 +209,7 @@ def memory_in_use() -> int:
 
 def read_proof(proof_r: int) -> str:
     os.set_blocking(proof_r, False)
-    chunks = []
+    chunks: list[bytes] = []
     try:
         while sum(map(len, chunks)) < 1 << 17:
             chunk = os.read(proof_r, 1 << 16)

@@ -113,7 +113,8 @@ class MicroBatcher:
 
     def embed_one(self, text: str) -> NDArray[np.float32]:
         """Return the row of one text, embedded together with whatever other threads ask for meanwhile."""
-        return self.embed_many([text])[0]
+        row: NDArray[np.float32] = self.embed_many([text])[0]
+        return row
 
     def embed_many(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Return the (len(texts), d) rows of ``texts``; they may be cut across batches of ``max_batch``."""

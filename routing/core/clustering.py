@@ -17,7 +17,8 @@ def normalise(rows: NDArray[np.floating]) -> NDArray[np.float32]:
     """Return the rows scaled to unit length (zero rows stay zero)."""
     rows = np.asarray(rows, dtype=np.float32)
     norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+    unit: NDArray[np.float32] = np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+    return unit
 
 
 @dataclass(frozen=True)

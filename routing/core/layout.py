@@ -25,7 +25,7 @@ def project_2d(embeddings: NDArray[np.floating], *, fit_on: NDArray[np.floating]
     # A sign convention, so that the same data always gives the same picture.
     signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
     components = components * np.where(signs == 0, 1.0, signs)[:, None]
-    projected = (rows - mean) @ components.T
+    projected: NDArray[np.float64] = (rows - mean) @ components.T
     if projected.shape[1] < 2:
         projected = np.hstack([projected, np.zeros((len(rows), 2 - projected.shape[1]))])
     return projected

@@ -56,7 +56,8 @@ def nan_mean(values: NDArray[np.floating], axis: int = 0) -> NDArray[np.float64]
     present = ~np.isnan(values)
     total = np.where(present, values, 0.0).sum(axis=axis)
     count = present.sum(axis=axis)
-    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+    mean: NDArray[np.float64] = np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+    return mean
 
 
 def group_totals(groups: NDArray[np.integer], n_groups: int,
@@ -75,7 +76,8 @@ def rank_within_clusters(estimates: NDArray[np.floating]) -> NDArray[np.int64]:
     values = np.where(np.isnan(estimates), -np.inf, estimates)
     # rank = 1 + number of models strictly better (beyond the tie tolerance).
     better = values[:, None, :] > values[:, :, None] + TIE_TOLERANCE
-    return (1 + better.sum(axis=2)).astype(np.int64)
+    ranks: NDArray[np.int64] = (1 + better.sum(axis=2)).astype(np.int64)
+    return ranks
 
 
 def build_profiles(
@@ -131,7 +133,8 @@ def _neighbourhood_prior(
 def rank_scores(profiles: Profiles) -> NDArray[np.float64]:
     """Return the paper's s(m) = sum over non-empty clusters of 1 / rank(m, c)."""
     occupied = profiles.sizes > 0
-    return (1.0 / profiles.ranks[occupied]).sum(axis=0)
+    scores: NDArray[np.float64] = (1.0 / profiles.ranks[occupied]).sum(axis=0)
+    return scores
 
 
 def select_models(profiles: Profiles, m: int) -> list[str]:

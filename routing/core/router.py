@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,8 +32,11 @@ from routing.core.profiles import TIE_TOLERANCE, Profiles, build_profiles, group
 
 
 class Router(Protocol):
-    models: tuple[str, ...]
-    overall: NDArray[np.float64]
+    @property
+    def models(self) -> tuple[str, ...]: ...
+
+    @property
+    def overall(self) -> NDArray[np.float64]: ...
 
     def model_scores(self, embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
         """Return the (n, models) matrix of routing scores, higher is better."""
@@ -121,7 +124,8 @@ class SoftClusterRouter(_ProfiledRouter):
         weights /= weights.sum(axis=1, keepdims=True)
         estimates = self.profiles.estimates[nearest]  # (n, width, m)
         fallback = np.where(np.isnan(estimates), self.profiles.overall, estimates)
-        return np.einsum("nw,nwm->nm", weights, fallback)
+        scores: NDArray[np.float64] = np.einsum("nw,nwm->nm", weights, fallback)
+        return scores
 
 
 @dataclass(frozen=True)
@@ -135,8 +139,8 @@ class KnnRouter:
     @classmethod
     def fit(cls, embeddings: NDArray[np.floating], scores: NDArray[np.floating], models: tuple[str, ...],
             k: int = 10) -> KnnRouter:
-        scores = np.asarray(scores, dtype=np.float64)
-        return cls(normalise(embeddings), scores, models, nan_mean(scores, axis=0), k)
+        train_scores = np.asarray(scores, dtype=np.float64)
+        return cls(normalise(embeddings), train_scores, models, nan_mean(train_scores, axis=0), k)
 
     def model_scores(self, embeddings: NDArray[np.floating]) -> NDArray[np.float64]:
         similarity = normalise(embeddings) @ self.embeddings.T
@@ -262,6 +266,7 @@ class TrainData:
 
 
 Fit = Callable[..., Router]
+F = TypeVar("F", bound=Fit)
 
 
 @dataclass(frozen=True)
@@ -336,8 +341,8 @@ class Clusterings:
 
 
 def register_router(name: str, label: str, *, uses_clusters: Callable[[Mapping[str, Any]], bool] | None = None,
-                    at_most: Mapping[str, float] | None = None, **parameters: Any) -> Callable[[Fit], Fit]:
-    def decorator(fit: Fit) -> Fit:
+                    at_most: Mapping[str, float] | None = None, **parameters: Any) -> Callable[[F], F]:
+    def decorator(fit: F) -> F:
         if name in ROUTERS:
             raise ValueError(f"router {name!r} is already registered")
         ROUTERS[name] = RouterDefinition(name, label, dict(parameters), fit,
@@ -361,7 +366,7 @@ def fit_router(name: str, train: TrainData, models: Sequence[str], params: Mappi
                           **definition.resolve(params))
 
 
-_CLUSTERED = {"k": 64, "method": "kmeans", "seed": 42}
+_CLUSTERED: dict[str, Any] = {"k": 64, "method": "kmeans", "seed": 42}
 
 
 @register_router("cluster", "nearest cluster, its models by shrunk profile (the paper)", shrinkage=0.0,

@@ -6,6 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from avengers_web.service_errors import ServiceError
 from evaluation import engine
 from evaluation.core.generation import CircuitOpenError, GenerationError
 from evaluation.models import Dataset, EvaluationBatch, EvaluationRun, LanguageModel, ModelResponse, Query
@@ -172,7 +173,7 @@ def test_cancel_stops_a_run_and_resume_does_only_the_rest(monkeypatch) -> None: 
     stored = ModelResponse.objects.count()
     assert run.status == "cancelled" and 3 <= stored < 12 and stored == client.calls
     assert not run.batches.filter(status="running").exists()
-    with pytest.raises(engine.RunError, match="only a running run"):
+    with pytest.raises(ServiceError, match="only a running run"):
         engine.evaluation_run_cancel(run=run)
     run = engine.evaluation_run_resume(run=run, queue=False)
     finisher = FakeLLMClient()
@@ -204,7 +205,7 @@ def test_the_sweeper_hands_a_dead_workers_batch_to_a_live_one(monkeypatch) -> No
 ])
 def test_a_bad_run_request_is_refused_and_creates_nothing(change, field, message) -> None:  # type: ignore[no-untyped-def]
     arguments = {"dataset": make_dataset(2), "models": [make_model()], "queue": False, **change}
-    with pytest.raises(engine.RunError) as caught:
+    with pytest.raises(ServiceError) as caught:
         engine.evaluation_run_create(**arguments)
     assert caught.value.field == field and message in caught.value.message
     assert not EvaluationRun.objects.exists() and not EvaluationBatch.objects.exists()
@@ -213,10 +214,10 @@ def test_a_bad_run_request_is_refused_and_creates_nothing(change, field, message
 def test_an_offline_or_inactive_model_cannot_be_evaluated() -> None:
     dataset = make_dataset(1)
     offline = LanguageModel.objects.create(name="imported-only")
-    with pytest.raises(engine.RunError, match="offline model"):
+    with pytest.raises(ServiceError, match="offline model"):
         engine.evaluation_run_create(dataset=dataset, models=[offline], queue=False)
     inactive = make_model("sleeping", is_active=False)
-    with pytest.raises(engine.RunError, match="inactive"):
+    with pytest.raises(ServiceError, match="inactive"):
         engine.evaluation_run_create(dataset=dataset, models=[inactive], queue=False)
 
 
@@ -238,7 +239,7 @@ def test_resume_waits_while_a_live_worker_finishes_a_cancelled_batch() -> None:
     run = engine.evaluation_run_create(dataset=dataset, models=[model], queue=False)
     engine.evaluation_run_cancel(run=run)
     EvaluationBatch.objects.filter(run=run).update(status="running", heartbeat_at=timezone.now())
-    with pytest.raises(engine.RunError, match="still finishing the requests"):
+    with pytest.raises(ServiceError, match="still finishing the requests"):
         engine.evaluation_run_resume(run=run, queue=False)
     # A batch whose worker went silent is dead: resuming redoes its work.
     EvaluationBatch.objects.filter(run=run).update(heartbeat_at=timezone.now() - timedelta(hours=1))

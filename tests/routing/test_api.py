@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
+from avengers_web.service_errors import ServiceError
 from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
 from evaluation.services import dataset_import_file
 from routing import services
@@ -185,7 +186,7 @@ def test_a_new_model_is_evaluated_by_the_engine_before_its_profile_is_added(samp
         name__in=["qwen2.5-7b-instruct", "gemma-2-9b-it"])), k=3, shrinkage=0, queue=False)
     assert services.snapshot_build(snapshot_id=snapshot.pk) == "built"
     snapshot.refresh_from_db()
-    with pytest.raises(services.CalibrationError, match="no scores on the snapshot's train queries"):
+    with pytest.raises(ServiceError, match="no scores on the snapshot's train queries"):
         services.snapshot_add_model(snapshot=snapshot, model=LanguageModel.objects.create(name="ghost"), queue=False)
 
     newcomer = LanguageModel.objects.create(name="newcomer", base_url="http://127.0.0.1:9/v1", max_concurrency=4)

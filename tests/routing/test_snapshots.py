@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from django.conf import settings
 
+from avengers_web.service_errors import ServiceError
 from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
 from evaluation.services import dataset_import_file
 from routing import services
@@ -32,7 +33,7 @@ def build(**options) -> RouterSnapshot:  # type: ignore[no-untyped-def]
 
 
 def test_a_k64_snapshot_scores_on_the_test_split_what_the_offline_evaluator_scores(llmrouter, api) -> None:  # type: ignore[no-untyped-def]
-    from routing.core.evaluation import COMPARED, router_candidates, run_protocol
+    from routing.core.heldout import COMPARED, router_candidates, run_protocol
     from routing.offline import default_cache, prepare
 
     snapshot = build(datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()), k=64, seed=42)
@@ -163,7 +164,7 @@ def test_a_model_with_a_few_scores_is_added_from_them_without_evaluating_the_res
     # The default still evaluates what is missing first: one run per dataset, none of them started here.
     evaluated = services.snapshot_add_model(snapshot=base, model=newcomer, queue=False)
     assert evaluated.evaluation_runs.count() == len(datasets) and evaluated.team == []
-    with pytest.raises(services.CalibrationError) as caught:
+    with pytest.raises(ServiceError) as caught:
         services.snapshot_add_model(snapshot=base, model=LanguageModel.objects.create(name="unscored"),
                                     queue=False, evaluate_missing=False)
     assert caught.value.field == "model"
@@ -203,7 +204,7 @@ def test_bad_snapshot_requests_are_refused_and_create_nothing(llmrouter) -> None
         ({"router_params": {"k": 3}}, "router_params"), ({"router": "knn", "router_params": [1]}, "router_params"),
     ]
     for change, field in cases:
-        with pytest.raises(services.CalibrationError) as caught:
+        with pytest.raises(ServiceError) as caught:
             services.snapshot_create(**{"datasets": datasets, "models": models, "queue": False, **change})
         assert caught.value.field == field
     assert not RouterSnapshot.objects.exists()

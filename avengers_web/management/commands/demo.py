@@ -17,6 +17,7 @@ from django.core.management.base import CommandError, CommandParser
 
 from avengers_web import local_llm, local_platform
 from avengers_web.roles import set_role
+from avengers_web.service_errors import ServiceError
 from avengers_web.management.commands import serve
 from avengers_web.services import api_token_authenticate, api_token_create
 from evaluation import selectors
@@ -90,7 +91,7 @@ class Command(serve.Command):
         from evaluation import engine
 
         for run in EvaluationRun.objects.filter(pk__in=self.setup_runs, status__in=ACTIVE):
-            with contextlib.suppress(engine.RunError):
+            with contextlib.suppress(ServiceError):
                 engine.evaluation_run_cancel(run=run, user=self.user)
         # A lane finishes its request in flight (seconds); an import or a snapshot build is cut off when the
         # process exits (the import is one transaction; the next start builds the snapshot again).
@@ -280,7 +281,7 @@ class Command(serve.Command):
         try:
             derived = routing_services.snapshot_add_model(snapshot=active, model=model, user=user, queue=False,
                                                           evaluate_missing=False, team=team)
-        except routing_services.CalibrationError as exc:
+        except ServiceError as exc:
             self.stdout.write(self.style.WARNING(f"  not added: {exc.message}"))
             return
         routing_services.snapshot_build(snapshot_id=derived.pk)

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from avengers_web.service_errors import command_errors
 from evaluation import engine, selectors
 from evaluation.models import EvaluationRun
 
@@ -33,11 +34,9 @@ class Command(BaseCommand):
                             help="Do the work in this process instead of the Celery workers.")
         parser.add_argument("--no-wait", action="store_true", help="Return once the run is queued.")
 
+    @command_errors
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            run = self._act(options)
-        except engine.RunError as exc:
-            raise CommandError(f"{exc.field}: {exc.message}") from None
+        run = self._act(options)
         self.stdout.write(f"run {run.pk}: {run.status}")
         if options["cancel"] is not None:
             return
@@ -60,8 +59,8 @@ class Command(BaseCommand):
                 return engine.evaluation_run_cancel(run=run)
         if not options["models"] or not options["dataset"]:
             raise CommandError("give --models and --dataset (or --resume RUN / --cancel RUN)")
-        dataset = selectors.dataset_by_name_or_id(options["dataset"])
-        if dataset is None:
+        datasets, unknown = selectors.datasets_by_name_or_id([options["dataset"]])
+        if unknown:
             raise CommandError(f"there is no dataset {options['dataset']!r}")
         models, unknown = selectors.models_by_name_or_id([m for m in options["models"].split(",") if m.strip()])
         if unknown:
@@ -69,7 +68,7 @@ class Command(BaseCommand):
         params = {key: options[key] for key in ("temperature", "top_p", "max_tokens", "seed", "stop")
                   if options[key] is not None}
         return engine.evaluation_run_create(
-            dataset=dataset, models=models, split=options["split"], samples=options["samples"], params=params,
+            dataset=datasets[0], models=models, split=options["split"], samples=options["samples"], params=params,
             use_cache=not options["no_cache"], limit=options["limit"], batch_size=options["batch_size"],
             queue=not options["inline"],
         )

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from avengers_web.service_errors import command_errors
 from evaluation import selectors as evaluation_selectors
 from evaluation.models import Dataset, LanguageModel
 from routing import services
@@ -61,11 +62,9 @@ class Command(BaseCommand):
         for action in (build, *derived):
             action.add_argument("--activate", action="store_true", help="Activate the snapshot once built.")
 
+    @command_errors
     def handle(self, *args: Any, **options: Any) -> None:
-        try:
-            getattr(self, "_" + options["action"].replace("-", "_"))(options)
-        except services.CalibrationError as exc:
-            raise CommandError(f"{exc.field}: {exc.message}") from None
+        getattr(self, "_" + options["action"].replace("-", "_"))(options)
 
     def _build(self, options: dict[str, Any]) -> None:
         snapshot = services.snapshot_create(
@@ -129,12 +128,9 @@ class Command(BaseCommand):
         return snapshot
 
     def _datasets(self, value: str) -> list[Dataset]:
-        found = []
-        for name in _split(value):
-            dataset = evaluation_selectors.dataset_by_name_or_id(name)
-            if dataset is None:
-                raise CommandError(f"there is no dataset {name!r}")
-            found.append(dataset)
+        found, unknown = evaluation_selectors.datasets_by_name_or_id(_split(value))
+        if unknown:
+            raise CommandError(f"there is no dataset {unknown[0]!r}")
         return found
 
     def _models(self, value: str) -> list[LanguageModel]:

@@ -146,7 +146,8 @@ def realised_scores(order: NDArray[np.intp], scores: NDArray[np.float64], top_n:
     use = present & taken
     total = np.where(use, ordered, 0.0).sum(axis=1)
     count = use.sum(axis=1)
-    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+    realised: NDArray[np.float64] = np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+    return realised
 
 
 def route_scores(router: Router, split: Split, top_n: int = 1) -> NDArray[np.float64]:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from routing.core.evaluation import (
+from routing.core.heldout import (
     RouterSpec,
     Split,
     baseline_scores,
@@ -89,7 +89,7 @@ from dataclasses import fields  # noqa: E402
 
 import pytest  # noqa: E402
 
-from routing.core.evaluation import DEFAULT_CANDIDATES, choose_router, headline  # noqa: E402
+from routing.core.heldout import DEFAULT_CANDIDATES, choose_router, headline  # noqa: E402
 
 
 def topics(n: int, rng: np.random.Generator) -> Split:
@@ -146,7 +146,7 @@ def test_the_test_lines_change_neither_the_chosen_router_nor_any_fitted_router()
 
 
 def test_headline_numbers_follow_their_definitions() -> None:
-    from routing.core.evaluation import Report
+    from routing.core.heldout import Report
 
     reports = {"avengers": Report({}, 70.0, None), "best_single": Report({}, 60.0, None),
                "best_per_dataset": Report({}, 65.0, None), "oracle": Report({}, 80.0, None)}

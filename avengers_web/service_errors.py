@@ -1,0 +1,58 @@
+"""The one error a service raises when its input is refused, and how forms and commands show it.
+
+The API answers it as a 400 naming the field (``avengers_web.api.exception_handler``); a form shows it on that
+field (``add_service_error``); a management command stops with it (``command_errors``).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.core.management.base import CommandError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ServiceError(ValueError):
+    """A service cannot do what it was asked; ``field`` names the input at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _form_field(form: forms.BaseForm, exc: ServiceError) -> str | None:
+    if exc.field in form.fields:
+        return exc.field
+    # An input the form spreads over several fields names the part first: "params" with "temperature: ...".
+    part = exc.message.split(":", 1)[0].strip()
+    return part if part in form.fields else None
+
+
+def add_service_error(form: forms.BaseForm, exc: ServiceError | ValidationError) -> None:
+    """Show a service's refusal (or a model's ``full_clean``) on the form field it names, else above the form."""
+    if isinstance(exc, ServiceError):
+        form.add_error(_form_field(form, exc), exc.message)
+    elif hasattr(exc, "error_dict"):
+        for field, errors in exc.message_dict.items():
+            form.add_error(field if field in form.fields else None, errors)
+    else:
+        form.add_error(None, exc.messages)
+
+
+def command_errors(handle: Callable[P, R]) -> Callable[P, R]:
+    """Stop a management command with "field: message" when a service refuses its input."""
+
+    @functools.wraps(handle)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return handle(*args, **kwargs)
+        except ServiceError as exc:
+            raise CommandError(str(exc)) from None
+
+    return wrapper
