@@ -1,8 +1,10 @@
 """The program's side of the sandbox: run the program, then its tests, then prove that they ran to the end.
 
 Standard library only. The supervisor runs this file's source as ``python -S -c SOURCE PROOF_FD`` as the
-sandboxed uid, with a JSON object on stdin: ``program`` (run as ``__main__`` from ``solution.py``),
-``tests`` (None, or source run after the program in the same namespace, as ``tests.py``) and ``secret``.
+sandboxed uid, with a JSON object on stdin: ``program`` (from ``solution.py``: as ``__main__`` when it runs
+alone, as the module ``solution`` when tests follow, so that its ``if __name__ == "__main__":`` block does not
+run, as in the usual HumanEval/MBPP harnesses), ``tests`` (None, or source run after the program in the same
+namespace, as ``tests.py``) and ``secret``.
 When both ran to their last line, the runner writes the secret to PROOF_FD, a pipe that only the
 supervisor reads, and exits 0: an exit status alone proves nothing, since ``sys.exit(0)`` or
 ``os._exit(0)`` before the tests also exits 0. The secret is per run and sits only in this process,
@@ -79,7 +81,8 @@ def main() -> None:
     program, tests, secret = payload["program"], payload["tests"], payload["secret"]
     del payload
     sys.argv = ["solution.py"]
-    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__, "__file__": "solution.py"}
+    namespace: dict[str, Any] = {"__name__": "__main__" if tests is None else "solution",
+                                 "__builtins__": __builtins__, "__file__": "solution.py"}
     if tests is None:
         if not _run("solution.py", program, namespace):
             sys.exit(1)

@@ -411,6 +411,14 @@ def test_a_program_that_ends_before_its_tests_scores_zero(ending: str, reason: s
     assert reason in result.reason, result.reason
 
 
+def test_a_programs_main_block_does_not_run_before_its_tests() -> None:
+    # Models often end with a main block; run as a module (as HumanEval/MBPP harnesses do), it must not end the run.
+    response = ("```python\nimport sys\n\ndef add(a, b):\n    return a + b\n\ndef main():\n    return 3\n\n"
+                "if __name__ == \"__main__\":\n    sys.exit(main())\n```")
+    result = grade("code", response, "assert add(1, 2) == 3")
+    assert (result.correct, result.score) == (True, 1.0), result.reason
+
+
 def test_a_test_that_exits_early_scores_zero() -> None:
     result = grade("code", _PROGRAM, "assert add(1, 2) == 3\nimport sys\nsys.exit(0)\nassert add(2, 2) == 5")
     assert not result.correct
