@@ -11,7 +11,7 @@ DATA   := .data
 # and kept in the data folder (mode 0600).
 SERVE_ENV = export DEBUG=false; data="$${AVENGERS_DATA_DIR:-$(DATA)}"; \
 	if [ -z "$$SECRET_KEY$$SECRET_KEY_FILE" ]; then \
-		$(PY) -m avengers_web.local_platform secret-key "$$data/secret_key" && export SECRET_KEY_FILE="$$data/secret_key"; fi
+		$(PY) -m devtools.local_platform secret-key "$$data/secret_key" && export SECRET_KEY_FILE="$$data/secret_key"; fi
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || { bash scripts/ensure_system_deps.sh venv && $(PYTHON) -m venv $(VENV); }
@@ -49,13 +49,13 @@ test-deps: venv-test
 ## test: real PostgreSQL (embedded), Redis, a Celery worker, a real LLM server and headless Chromium.
 test: test-deps
 	status=0; $(PY) -m pytest $(PYTEST_ARGS) || status=$$?; \
-	$(PY) -m avengers_web.embedded_db stop $(DATA)/test/pg >/dev/null; \
+	$(PY) -m devtools.embedded_db stop $(DATA)/test/pg >/dev/null; \
 	exit $$status
 
 db-start: venv
-	$(PY) -m avengers_web.embedded_db start $(DATA)/pg
+	$(PY) -m devtools.embedded_db start $(DATA)/pg
 db-stop: venv
-	$(PY) -m avengers_web.embedded_db stop $(DATA)/pg
+	$(PY) -m devtools.embedded_db stop $(DATA)/pg
 
 clean: db-stop
 	rm -rf $(DATA) test-artifacts

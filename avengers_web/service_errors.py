@@ -1,7 +1,8 @@
 """The one error a service raises when its input is refused, and how forms and commands show it.
 
 The API answers it as a 400 naming the field (``avengers_web.api.exception_handler``); a form shows it on that
-field (``add_service_error``); a management command stops with it (``command_errors``).
+field (``add_service_error``); a dashboard button shows it as a message (``report_action``); a management command
+stops with it (``command_errors``).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from django import forms
+from django.contrib import messages
+from django.http import HttpRequest
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
@@ -43,6 +46,18 @@ def add_service_error(form: forms.BaseForm, exc: ServiceError | ValidationError)
             form.add_error(field if field in form.fields else None, errors)
     else:
         form.add_error(None, exc.messages)
+
+
+def report_action(request: HttpRequest, action: Callable[[], R], *, refused: str,
+                  done: Callable[[R], str]) -> R | None:
+    """Run a dashboard button's service call and say how it went: "refused: why" as an error, else ``done(result)``."""
+    try:
+        result = action()
+    except ServiceError as exc:
+        messages.error(request, f"{refused}: {exc.message}")
+        return None
+    messages.success(request, done(result))
+    return result
 
 
 def command_errors(handle: Callable[P, R]) -> Callable[P, R]:

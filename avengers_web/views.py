@@ -1,4 +1,4 @@
-"""Dashboard pages of the platform: overview and API tokens."""
+"""Dashboard pages of the platform base: API tokens."""
 from __future__ import annotations
 
 from django.contrib import messages
@@ -7,20 +7,10 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from avengers_web.models import Activity, ApiToken
+from avengers_web.models import ApiToken
 from avengers_web.parsing import parse_id
 from avengers_web.roles import role_of
 from avengers_web.services import MAX_TOKEN_DAYS, api_token_create, api_token_revoke
-from evaluation import selectors as evaluation_selectors
-
-
-def overview(request: HttpRequest) -> HttpResponse:
-    return render(request, "avengers_web/overview.html", {
-        "counts": evaluation_selectors.overview_counts(),
-        "activity": Activity.objects.select_related("actor")[:20],
-        "imports": evaluation_selectors.import_recent(5),
-        "in_progress": evaluation_selectors.runs_in_progress(),
-    })
 
 
 @login_required

@@ -54,7 +54,7 @@ def baseline(base_url: str, slots: int, n: int) -> float:
 
 
 def engine_run(base_url: str, slots: int, n: int, batch_size: int) -> tuple[float, int]:
-    from evaluation import engine
+    from evaluation.runs import lanes, services
     from evaluation.models import Dataset, LanguageModel, ModelResponse, Query
 
     dataset = Dataset.objects.create(name=f"bench-{os.getpid()}", split_seed=1)
@@ -65,9 +65,9 @@ def engine_run(base_url: str, slots: int, n: int, batch_size: int) -> tuple[floa
     )
     model = LanguageModel.objects.create(name=f"bench-model-{os.getpid()}", base_url=base_url,
                                          served_model_id="fault-model", max_concurrency=slots)
-    run = engine.evaluation_run_create(dataset=dataset, models=[model], samples=1, batch_size=batch_size, queue=False)
+    run = services.evaluation_run_create(dataset=dataset, models=[model], samples=1, batch_size=batch_size, queue=False)
     started = time.perf_counter()
-    engine.evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=engine.client_for_model)
+    lanes.evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=lanes.client_for_model)
     elapsed = time.perf_counter() - started
     stored = ModelResponse.objects.filter(model=model, error="").count()
     return stored / elapsed, stored
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=100)
     args = parser.parse_args()
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "avengers_web.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["AVENGERS_DB_NAME"] = "avengers_bench"
     import django
 

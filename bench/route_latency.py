@@ -44,7 +44,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -218,6 +217,7 @@ def prepare(data_dir: Path, embedder: str = "") -> dict[str, Any]:
     from avengers_web.services import api_token_create
     from evaluation.models import Dataset, LanguageModel
     from evaluation.services import dataset_import_file
+    from routing import building
     from routing import services as routing_services
     from routing.models import RouterSnapshot
 
@@ -235,7 +235,7 @@ def prepare(data_dir: Path, embedder: str = "") -> dict[str, Any]:
     snapshot = routing_services.snapshot_create(
         datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()), k=64, shrinkage=32.0,
         embedder=embedder or None, label="route latency bench", user=user, queue=False)
-    routing_services.snapshot_build(snapshot_id=snapshot.pk)
+    building.snapshot_build(snapshot_id=snapshot.pk)
     snapshot.refresh_from_db()
     if snapshot.status != RouterSnapshot.Status.DONE:
         raise SystemExit(f"building the snapshot failed: {snapshot.message}")
@@ -281,7 +281,7 @@ def post(url: str, token: str, body: dict[str, Any], timeout: float = 120.0) -> 
 
 
 def start_gunicorn(env: dict[str, str], port: int, args: argparse.Namespace, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "gunicorn", "avengers_web.wsgi:application", "--bind", f"127.0.0.1:{port}",
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
                "--workers", str(args.workers), "--worker-class", args.worker_class, "--log-level", "warning",
                "--timeout", "120", "--backlog", "2048", "--keep-alive", "30", "--chdir", str(REPO)]
     if args.worker_class == "gthread":
@@ -524,20 +524,22 @@ WHAT_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("database driver (psycopg)", ("psycopg",)),
     ("embedding: pooling, numpy", ("routing/core/embedding/", "routing/core/batching.py")),
     ("routing in memory (core)", ("routing/core/",)),
-    ("routing service (serving.py)", ("routing/serving.py",)),
-    ("decision log", ("routing/decision_log.py",)),
+    ("decision log", ("routing/serving/decision_log.py",)),
+    ("routing service (routing/serving/)", ("routing/serving/service.py", "routing/serving/tables.py",
+                                             "routing/serving/embedding.py")),
     ("DRF", ("rest_framework/",)),
     ("Django", ("django/",)),
     ("gunicorn", ("gunicorn/",)),
 )
 # And by the innermost step of the request it belongs to.
 STEP_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("decision log (background thread)", ("_run (routing/decision_log.py",)),
-    ("decision log: submit", ("submit (routing/decision_log.py",)),
+    ("decision log (background thread)", ("_run (routing/serving/decision_log.py",)),
+    ("decision log: submit", ("submit (routing/serving/decision_log.py",)),
     ("embed the query", ("embed_query (", "(routing/core/embedding/", "(routing/core/batching.py")),
-    ("nearest centroid, candidates", ("_route (routing/serving.py", "(routing/core/serving.py")),
-    ("models, availability", ("_models (routing/serving.py", "_availability", "availability (routing/serving.py")),
-    ("decision JSON", ("_decision_json (",)),
+    ("nearest centroid, candidates", ("_route (routing/serving/service.py", "(routing/core/dispatch.py")),
+    ("models, availability", ("language_models (routing/serving/tables.py", "_availability",
+                              "availability (routing/serving/service.py")),
+    ("decision JSON", ("decision_body (", "decision (routing/serving/service.py")),
     ("token authentication", ("authenticate (avengers_web/", "api_token_authenticate")),
     ("rate limit (throttle)", ("avengers_web/throttling.py",)),
     ("input validation", ("is_valid (rest_framework/serializers.py",)),
@@ -869,13 +871,10 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=2, default=str))
         print(f"\nResults: {out.relative_to(REPO)}")
     finally:
-        if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        if server is not None:
+            from devtools.local_platform import stop_group
+
+            stop_group(server, timeout=30)
         try:
             from django.db import connections
 
@@ -883,7 +882,7 @@ def main() -> None:
         except Exception:  # noqa: BLE001 - Django may not have been set up
             pass
         if not args.url:
-            from avengers_web import embedded_db
+            from devtools import embedded_db
 
             embedded_db.stop(data_dir / "pg")
         if args.keep:

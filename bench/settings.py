@@ -1,8 +1,8 @@
 """Settings for bench/route_latency.py: the app's own settings, with an empty endpoint next to the real URLs."""
 from __future__ import annotations
 
-from avengers_web.settings import *  # noqa: F403
-from avengers_web.settings import DATABASES, envint
+from config.settings import *  # noqa: F403
+from config.settings import DATABASES, envint
 
 ROOT_URLCONF = "bench.urls"
 # Production sets DB_CONN_MAX_AGE (docker/.env.example: 60) for its DATABASE_URL; the embedded database of

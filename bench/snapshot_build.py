@@ -3,7 +3,7 @@
 Synthetic queries with real-sized embeddings (384 dimensions, unit length, drawn around 64 hidden
 topics) and 9 models whose per-query scores depend on the topic, stored as the platform stores them
 (QueryEmbedding rows in pgvector, ModelResponse rows). For each size N the script builds a K=64 snapshot
-through the real service (`routing.services.snapshot_build`), with the shrinkage fixed (no CV) and, for
+through the real service (`routing.building.snapshot_build`), with the shrinkage fixed (no CV) and, for
 sizes up to 10k, with "auto" (5-fold CV), and prints the stages' seconds from `RouterSnapshot.timings`.
 It uses a throw-away database `avengers_bench_snapshots` on the embedded PostgreSQL, dropped at the end.
 
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=1000, help="test queries per run (held-out evaluation)")
     parser.add_argument("--auto-up-to", type=int, default=10000, help="also time shrinkage=auto up to this size")
     args = parser.parse_args()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "avengers_web.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     os.environ["AVENGERS_DB_NAME"] = DB_NAME
     import django
 
@@ -80,7 +80,7 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connection
 
-    from routing import services
+    from routing import building, services
 
     call_command("migrate", verbosity=0)
     from evaluation.models import Dataset
@@ -100,7 +100,7 @@ def main() -> None:
             for shrinkage in (["32", "auto"] if n <= args.auto_up_to else ["32"]):
                 snapshot = services.snapshot_create(datasets=datasets, models=models, k=64, seed=42,
                                                     shrinkage=shrinkage, queue=False)
-                outcome = services.snapshot_build(snapshot_id=snapshot.pk)
+                outcome = building.snapshot_build(snapshot_id=snapshot.pk)
                 snapshot.refresh_from_db()
                 if outcome != "built":
                     raise SystemExit(f"the build of {n} queries failed: {snapshot.message}")

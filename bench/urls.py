@@ -2,7 +2,7 @@
 
 * ``POST /api/v1/bench-empty``: the route view's own class (same authentication, permissions, parsers,
   throttles, exception handling) with a ``post`` that parses the JSON body and answers ``{}``.
-* ``GET /api/v1/bench-stats``: this worker's pid and the counters of any micro-batcher the serving module holds.
+* ``GET /api/v1/bench-stats``: this worker's pid and the counters of any micro-batcher the query embedder holds.
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from avengers_web.urls import urlpatterns as app_urlpatterns
+from config.urls import urlpatterns as app_urlpatterns
 
 
 def _route_view_class() -> type[APIView]:
     """Return the APIView class that serves POST /api/v1/route, or plain APIView (settings' defaults) if none."""
     try:
-        match = resolve("/api/v1/route", urlconf="avengers_web.urls")
+        match = resolve("/api/v1/route", urlconf="config.urls")
     except Resolver404:
         return APIView
     view_class = getattr(match.func, "view_class", None) or getattr(match.func, "cls", None)
@@ -42,13 +42,13 @@ class EmptyApi(RouteView):  # type: ignore[misc,valid-type]
 
 def _batcher_stats() -> list[dict[str, Any]]:
     try:
-        from routing import serving
         from routing.core.batching import MicroBatcher
-    except Exception:  # noqa: BLE001 - the serving module may not exist or load here; no counters then
+        from routing.serving import embedding
+    except Exception:  # noqa: BLE001 - the embedding module may not exist or load here; no counters then
         return []
     found: list[MicroBatcher] = []
-    # The serving module's own objects and the attributes and dict values one level down.
-    for value in list(vars(serving).values()):
+    # The embedding module's own objects and the attributes and dict values one level down.
+    for value in list(vars(embedding).values()):
         if isinstance(value, (type, types.ModuleType)) or callable(value):
             continue
         candidates = [value, *getattr(value, "__dict__", {}).values()]

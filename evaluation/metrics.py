@@ -1,4 +1,4 @@
-"""Prometheus metrics of model calls, circuit breakers and evaluation work; /metrics (avengers_web.metrics) serves them.
+"""Prometheus metrics of model calls, circuit breakers and evaluation work; /metrics (config.metrics) serves them.
 
 Labels stay bounded: a model is the id sent to its server, an endpoint its base URL without credentials or query,
 an error its kind (evaluation.core.generation.KINDS). With PROMETHEUS_MULTIPROC_DIR set, every process (gunicorn

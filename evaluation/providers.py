@@ -505,22 +505,35 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-_clients: dict[tuple[str, str], OpenAIChatClient] = {}
+# One circuit breaker per endpoint (base URL, key) and reset time, whatever its callers' timeouts and retries: the
+# evaluation lanes and the routing service agree on which servers are down.
+_breakers: dict[tuple[str, str, float], CircuitBreaker] = {}
+# One client per endpoint and way of calling it (timeout, retries, the breaker's reset time), with its own slots.
+_clients: dict[tuple[str, str, float, RetryPolicy, float], OpenAIChatClient] = {}
 _clients_lock = threading.Lock()
 
 
-def client_for(*, base_url: str, api_key: str = "", max_concurrency: int = 8, timeout_s: float = 120.0
-               ) -> OpenAIChatClient:
-    """Return the process-wide client of this endpoint (one per (base_url, api_key)), so every caller shares its slots and circuit.
+def client_for(*, base_url: str, api_key: str = "", max_concurrency: int = 8, timeout_s: float = 120.0,
+               retry: RetryPolicy = RetryPolicy(), reset_after_s: float = 30.0) -> OpenAIChatClient:
+    """Return the process-wide client of this endpoint for this way of calling it; callers never change it.
 
-    If the endpoint's max_concurrency or timeout changed, a fresh client replaces the old one; calls still
-    running on the old one finish there.
+    Callers with the same (base_url, api_key, timeout_s, retry, reset_after_s) share one client, so its slots
+    and connections; every client of an endpoint with that reset time shares one circuit breaker. If the
+    endpoint's max_concurrency changed, a fresh client replaces the old one; calls still running on the old one
+    finish there.
     """
-    key = (base_url.rstrip("/"), api_key)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None or (client.max_concurrency, client.timeout_s) != (max_concurrency, timeout_s):
-            client = OpenAIChatClient(base_url=base_url, api_key=api_key, max_concurrency=max_concurrency,
-                                      timeout_s=timeout_s)
-            _clients[key] = client
-        return client
+    endpoint = (base_url.rstrip("/"), api_key)
+    key = (*endpoint, timeout_s, retry, reset_after_s)
+    client = _clients.get(key)
+    if client is None or client.max_concurrency != max_concurrency:
+        with _clients_lock:
+            breaker = _breakers.get((*endpoint, reset_after_s))
+            if breaker is None:
+                breaker = CircuitBreaker(reset_after_s=reset_after_s, on_change=metrics.circuit_watcher(endpoint[0]))
+                _breakers[(*endpoint, reset_after_s)] = breaker
+            client = _clients.get(key)
+            if client is None or client.max_concurrency != max_concurrency:
+                client = OpenAIChatClient(base_url=base_url, api_key=api_key, max_concurrency=max_concurrency,
+                                          timeout_s=timeout_s, retry=retry, breaker=breaker)
+                _clients[key] = client
+    return client

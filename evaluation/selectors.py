@@ -32,15 +32,6 @@ def dataset_get(pk: int) -> Dataset | None:
     return dataset_list().filter(pk=pk).first()
 
 
-@dataclass(frozen=True)
-class ModelScore:
-    model_id: int
-    model_name: str
-    split: str
-    n: int
-    mean_score: float | None
-
-
 def dataset_stats(dataset: Dataset) -> dict[str, Any]:
     """Counts by split, task type and category, and each model's mean score per split."""
     queries = Query.objects.filter(dataset=dataset)
@@ -295,7 +286,7 @@ def run_samples(run: EvaluationRun, *, model: str = "", verdict: str = "", searc
     return samples.order_by("query_id", "model__name", "sample_index")
 
 
-# ---------------------------------------------------------------------------------------------- dashboard (views_runs)
+# ---------------------------------------------------------------------------------------------- dashboard (runs/views.py)
 
 
 def run_model_choices() -> QuerySet[LanguageModel]:

@@ -13,13 +13,13 @@ def dataset_import_run(import_id: int) -> None:
 
 @shared_task(acks_late=True)
 def evaluation_lane(run_id: int, model_id: int) -> str:
-    from evaluation import engine
+    from evaluation.runs import lanes
 
-    return engine.evaluation_lane_run(run_id=run_id, model_id=model_id, client_factory=engine.client_for_model)
+    return lanes.evaluation_lane_run(run_id=run_id, model_id=model_id, client_factory=lanes.client_for_model)
 
 
 @shared_task(acks_late=True)
 def evaluation_sweep() -> dict[str, int]:
-    from evaluation import engine
+    from evaluation.runs import sweep
 
-    return engine.evaluation_sweep()
+    return sweep.evaluation_sweep()

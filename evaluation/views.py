@@ -105,14 +105,26 @@ def import_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "evaluation/import_detail.html", {"job": job})
 
 
+def _model_or_404(pk: int) -> LanguageModel:
+    model = selectors.model_get(pk)
+    if model is None:
+        raise Http404("No such model")
+    return model
+
+
+def _model_to_edit(request: HttpRequest, pk: int) -> LanguageModel:
+    """The model, if the user may change it (its owner, or an admin): 404 or 403 otherwise."""
+    model = _model_or_404(pk)
+    roles.require(request.user, roles.EDIT_MODEL, model)
+    return model
+
+
 def model_list(request: HttpRequest) -> HttpResponse:
     return render(request, "evaluation/model_list.html", {"models": selectors.model_list()})
 
 
 def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(pk)
-    if model is None:
-        raise Http404("No such model")
+    model = _model_or_404(pk)
     context: dict[str, Any] = {
         "model": model, "scores": selectors.model_dataset_scores(model),
         "default_params_json": json.dumps(model.default_params or {}),
@@ -140,10 +152,7 @@ def model_create(request: HttpRequest) -> HttpResponse:
 
 @roles.role_required(roles.EDIT_MODEL)
 def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(pk)
-    if model is None:
-        raise Http404("No such model")
-    roles.require(request.user, roles.EDIT_MODEL, model)
+    model = _model_to_edit(request, pk)
     form = ModelForm(request.POST or None, instance=model)
     if request.method == "POST" and form.is_valid():
         try:
@@ -159,10 +168,7 @@ def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
 @roles.role_required(roles.EDIT_MODEL)
 @require_POST
 def model_toggle_active(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(pk)
-    if model is None:
-        raise Http404("No such model")
-    roles.require(request.user, roles.EDIT_MODEL, model)
+    model = _model_to_edit(request, pk)
     services.model_set_active(model=model, user=request.user, active=not model.is_active)
     messages.success(request, f"{model.name} is now {'active' if model.is_active else 'inactive'}.")
     return redirect("model-detail", pk=pk)
@@ -171,10 +177,7 @@ def model_toggle_active(request: HttpRequest, pk: int) -> HttpResponse:
 @roles.role_required(roles.EDIT_MODEL)
 @require_POST
 def model_test_connection(request: HttpRequest, pk: int) -> HttpResponse:
-    model = selectors.model_get(pk)
-    if model is None:
-        raise Http404("No such model")
-    roles.require(request.user, roles.EDIT_MODEL, model)
+    model = _model_to_edit(request, pk)
     result = services.model_test_connection(model=model, user=request.user)
     (messages.success if result.ok else messages.error)(request, f"Test connection: {result.message}")
     return redirect("model-detail", pk=pk)

@@ -24,7 +24,7 @@ from routing.models import (
     SnapshotProfile,
     SnapshotQuery,
 )
-from routing.selectors_traffic import ERROR
+from routing.serving.traffic import ERROR
 
 
 @admin.register(EmbeddingJob)

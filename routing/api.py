@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from avengers_web import roles
 from avengers_web.api import Pagination, paginate
 from evaluation.api import dataset_field, datasets_field, model_field, models_field
-from routing import selectors, services
+from routing import embedding_jobs, selectors, services
 from routing.core.router import ROUTERS
 from routing.models import EmbeddingJob, RouterSnapshot, SnapshotProfile
 
@@ -246,8 +246,8 @@ class EmbeddingJobCreateApi(APIView):
     def post(self, request: Request) -> Response:
         serializer = self.EmbeddingJobInput(data=request.data)
         serializer.is_valid(raise_exception=True)
-        job = services.embedding_job_create(datasets=serializer.validated_data["datasets"],
-                                            embedder=serializer.validated_data["embedder"], user=request.user)
+        job = embedding_jobs.embedding_job_create(datasets=serializer.validated_data["datasets"],
+                                                  embedder=serializer.validated_data["embedder"], user=request.user)
         return Response(EmbeddingJobOutput(job).data, status=status.HTTP_201_CREATED)
 
 

@@ -285,7 +285,7 @@ CATEGORY_CHARS = 100  # a decision's category: the caller's label or a dataset n
 class RoutingDecision(models.Model):
     """One routed request: what was asked, where it went, who answered, the votes, and how long each stage took.
 
-    Written in bulk by a background writer after the response (``routing.decision_log``), so a slow or
+    Written in bulk by a background writer after the response (``routing.serving.decision_log``), so a slow or
     failing write never delays or fails the request it describes.
     """
 

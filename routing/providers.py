@@ -1,13 +1,15 @@
 """Network adapters for routing: an OpenAI-compatible /v1/embeddings client (vLLM, llama.cpp, OpenAI).
 
 The client implements routing.core.embedding.EmbeddingClient; the core embedder scales its vectors to
-unit length. Connection errors, timeouts, 429 and 5xx answers are retried with exponential backoff;
-every other failure raises at once with a message that says what to fix. Messages give the status and content
-type of a bad reply, never its body, and never the key; redirects are not followed; AVENGERS_MODEL_URL_ALLOW
-applies as to model endpoints.
+unit length. Connection errors, timeouts, 429 and 5xx answers are retried with the generation client's
+policy (``evaluation.core.generation.RetryPolicy``: jittered exponential backoff, Retry-After honoured up to
+``max_backoff_s``); every other failure raises at once with a message that says what to fix. Messages give
+the status and content type of a bad reply, never its body, and never the key; redirects are not followed;
+AVENGERS_MODEL_URL_ALLOW applies as to model endpoints.
 """
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import httpx
 
 from evaluation.core.endpoints import describe_reply, normalise_base_url
+from evaluation.core.generation import RetryPolicy, parse_retry_after
 from evaluation.core.secrets import scrub
 from evaluation.providers import endpoint_refusal
 from routing.core.embedding import OpenAIEmbedder
@@ -47,9 +50,8 @@ class OpenAIEmbeddingClient:
         self.model = model
         self.url = self.base_url + "/embeddings"
         self._secrets = (api_key,)
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        self.retry = RetryPolicy(max_attempts=max_retries + 1, base_delay_s=backoff_s, max_delay_s=max_backoff_s)
+        self._rng = random.Random()
         self.timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # One pooled client: repeated batches reuse the connection.
@@ -80,9 +82,8 @@ class OpenAIEmbeddingClient:
         refusal = endpoint_refusal(self.base_url)
         if refusal is not None:
             raise EmbeddingProviderError(f"not called: {refusal}")
-        attempts = self.max_retries + 1
-        for attempt in range(attempts):
-            last = attempt == attempts - 1
+        attempts = self.retry.max_attempts
+        for attempt in range(1, attempts + 1):
             try:
                 response = self._http.post(self.url, json=payload)
             except httpx.ConnectError as exc:
@@ -99,12 +100,14 @@ class OpenAIEmbeddingClient:
                     self._raise_for_status(response)
                     return response
                 problem = f"{self.url} answered {_reply(response)}"
-                retry_after = _retry_after(response)
-            if last:
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if attempt == attempts:
                 tries = f" (after {attempts} attempts)" if attempts > 1 else ""
                 raise EmbeddingProviderUnavailable(problem + tries)
-            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
-            time.sleep(min(self.max_backoff_s, retry_after) if retry_after is not None else delay)
+            # Unlike a generation request, an embedding batch waits out a long Retry-After, cut to max_backoff_s.
+            if retry_after is not None:
+                retry_after = min(retry_after, self.retry.max_delay_s)
+            time.sleep(self.retry.delay_s(attempt, retry_after_s=retry_after, rng=self._rng))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _raise_for_status(self, response: httpx.Response) -> None:
@@ -169,11 +172,3 @@ def _reason(exc: Exception) -> str:
 def _reply(response: httpx.Response) -> str:
     """Return "HTTP 500 (text/html)": what a reply was, never what it said."""
     return describe_reply(response.status_code, response.headers.get("content-type"))
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff

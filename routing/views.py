@@ -1,6 +1,7 @@
 """Dashboard pages for router snapshots: list, detail (and comparison), clusters, leaderboards, heatmap, map."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from avengers_web import roles
 from avengers_web.parsing import parse_id
-from avengers_web.service_errors import ServiceError, add_service_error
+from avengers_web.service_errors import ServiceError, add_service_error, report_action
 from evaluation.models import Dataset, LanguageModel
 from routing import selectors, services
 from routing.core.clustering import CLUSTERING_METHODS
@@ -102,12 +103,8 @@ def _heldout_chart(heldout: selectors.HeldoutTable) -> dict[str, Any] | None:
 def snapshot_activate(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _snapshot_or_404(pk)
     roles.require(request.user, roles.ACTIVATE_SNAPSHOT, snapshot)
-    try:
-        services.snapshot_activate(snapshot=snapshot, user=request.user)
-    except ServiceError as exc:
-        messages.error(request, f"Could not activate {snapshot}: {exc.message}")
-    else:
-        messages.success(request, f"{snapshot} is now the active router.")
+    report_action(request, lambda: services.snapshot_activate(snapshot=snapshot, user=request.user),
+                  refused=f"Could not activate {snapshot}", done=lambda _: f"{snapshot} is now the active router.")
     return redirect("snapshot-detail", pk=pk)
 
 
@@ -232,13 +229,10 @@ def snapshot_derive(request: HttpRequest, pk: int) -> HttpResponse:
     if chosen is None:
         messages.error(request, f"Could not derive from {snapshot}: choose a {kind} from the list ({text!r} is none).")
         return redirect("snapshot-detail", pk=pk)
-    try:
-        if isinstance(chosen, LanguageModel):
-            derived = services.snapshot_add_model(snapshot=snapshot, model=chosen, user=request.user)
-        else:
-            derived = services.snapshot_add_dataset(snapshot=snapshot, dataset=chosen, user=request.user)
-    except ServiceError as exc:
-        messages.error(request, f"Could not derive from {snapshot}: {exc.message}")
-        return redirect("snapshot-detail", pk=pk)
-    messages.success(request, f"Building {derived} ({derived.get_kind_display()}).")
-    return redirect("snapshot-detail", pk=derived.pk)
+    if isinstance(chosen, LanguageModel):
+        derive = functools.partial(services.snapshot_add_model, snapshot=snapshot, model=chosen, user=request.user)
+    else:
+        derive = functools.partial(services.snapshot_add_dataset, snapshot=snapshot, dataset=chosen, user=request.user)
+    derived = report_action(request, derive, refused=f"Could not derive from {snapshot}",
+                            done=lambda new: f"Building {new} ({new.get_kind_display()}).")
+    return redirect("snapshot-detail", pk=derived.pk if derived is not None else pk)

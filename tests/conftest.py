@@ -135,11 +135,11 @@ def artifacts() -> Path:
 def start_worker(broker_url: str, db_name: str, log: Path, *, extra_env: dict[str, str] | None = None,
                  beat: bool = False, name: str = "test") -> subprocess.Popen[bytes]:
     """Start `celery worker` in its own session (so a test can kill it and all it started); with beat, also the sweeper."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "avengers_web.settings_test", "AVENGERS_DB_NAME": db_name,
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings_test", "AVENGERS_DB_NAME": db_name,
            "CELERY_BROKER_URL": broker_url, "CELERY_TASK_ALWAYS_EAGER": "false", **(extra_env or {})}
     env.pop("DATABASE_URL", None)
     handle = log.open("wb")
-    command = [sys.executable, "-m", "celery", "-A", "avengers_web", "worker", "--pool", "solo", "--loglevel", "INFO",
+    command = [sys.executable, "-m", "celery", "-A", "config", "worker", "--pool", "solo", "--loglevel", "INFO",
                "--hostname", f"{name}-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
     if beat:
         command += ["--beat", "--schedule", str(log.parent / f"beat-{name}")]
@@ -182,7 +182,7 @@ def stop_worker(process: subprocess.Popen[bytes]) -> None:
 @contextlib.contextmanager
 def sending_tasks_to(broker_url: str) -> Iterator[None]:
     """Send this process's tasks to ``broker_url`` (not eagerly) for the duration of the block."""
-    from avengers_web.celery import app
+    from config.celery import app
 
     saved = (app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options)
     app.conf.broker_url, app.conf.task_always_eager, app.conf.broker_transport_options = broker_url, False, {}

@@ -45,7 +45,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-STATUSES = ("passed", "failed", "timeout", "memory", "error", "refused")
 REFUSAL = ("the sandbox cannot confine code here: install bubblewrap or set AVENGERS_SANDBOX_ALLOW_WEAK=1, "
            "see docs/GRADING.md")
 # Dedicated uids, one per concurrent run. Debian leaves 60000-64999 to packages that ask for one,

@@ -164,12 +164,12 @@ def test_an_oversized_body_is_answered_413_in_json_on_the_api_and_as_a_page_else
 def test_an_unhandled_error_on_an_api_path_is_a_logged_json_500(api_client: Client, browser: Client, monkeypatch,  # type: ignore[no-untyped-def]
                                                                  caplog) -> None:
     from evaluation import selectors
-    from routing import serving
+    from routing.serving import tables
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret detail of the failure")
 
-    monkeypatch.setattr(serving, "snapshot_choices", broken)
+    monkeypatch.setattr(tables, "snapshot_choices", broken)
     monkeypatch.setattr(selectors, "dataset_list", broken)
     with caplog.at_level(logging.ERROR, logger="django.request"):
         for path in ("/v1/models", "/api/v1/datasets"):

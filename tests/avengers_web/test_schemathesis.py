@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 
 from avengers_web.services import api_token_create
 from evaluation.models import LanguageModel
-from routing import serving
+from routing.serving import tables
 from tests.support.fault_server import fault_server
 from tests.support.snapshots import build_snapshot
 
@@ -40,7 +40,7 @@ CHAT = {"model": "avengers", "messages": [{"role": "user", "content": "What is 2
 def test_every_operation_answers_as_documented_and_never_with_a_server_error(live_server, user, settings) -> None:  # type: ignore[no-untyped-def]
     settings.CELERY_TASK_ALWAYS_EAGER = True
     settings.RATE_LIMIT_PER_MINUTE = 0
-    serving.forget()
+    tables.forget()
     snapshot = build_snapshot(version=1, means={"alpha": [0.9, 0.2], "beta": [0.3, 0.8]},
                               assignments=[("gsm8k", 0), ("mmlu", 1)], team_size=2)
     snapshot.is_active = True

@@ -40,11 +40,11 @@ def staff(user):  # type: ignore[no-untyped-def]
 @pytest.fixture
 def fresh_service() -> Iterator[None]:
     """The service caches the active snapshot and routing tables per process: start and end with none."""
-    from routing import serving
+    from routing.serving import tables
 
-    serving.forget()
+    tables.forget()
     yield
-    serving.forget()
+    tables.forget()
 
 
 def decision(**fields: Any) -> Any:

@@ -9,7 +9,7 @@ from playwright.sync_api import Page, expect
 
 from evaluation.models import Dataset, LanguageModel
 from evaluation.services import dataset_import_file
-from routing import services
+from routing import building, services
 from routing.models import RouterSnapshot, SnapshotProfile
 from tests.browser.conftest import PageLog
 from tests.browser.test_dashboard import log_in, shot
@@ -23,11 +23,11 @@ def test_the_routing_pages_show_a_real_k64_snapshot(page: Page, live_server, use
     dataset_import_file(data=llmrouter_records.read_bytes(), filename=llmrouter_records.name)
     snapshot = services.snapshot_create(datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()),
                                         k=64, shrinkage=32, label="llmrouter", queue=False)
-    assert services.snapshot_build(snapshot_id=snapshot.pk) == "built"
+    assert building.snapshot_build(snapshot_id=snapshot.pk) == "built"
     snapshot = RouterSnapshot.objects.get(pk=snapshot.pk)
     coarse = services.snapshot_create(datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()),
                                       k=8, shrinkage=32, label="coarse", queue=False)
-    assert services.snapshot_build(snapshot_id=coarse.pk) == "built"
+    assert building.snapshot_build(snapshot_id=coarse.pk) == "built"
     coarse = RouterSnapshot.objects.get(pk=coarse.pk)
     log_in(page, live_server)
 

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from avengers_web.models import Activity
 from avengers_web.services import api_token_create
-from evaluation import engine
+from evaluation.runs import lanes, services
 from evaluation.core.generation import ChatRequest, GenerationError
 from evaluation.models import Dataset, EvaluationRun, LanguageModel, ModelResponse, Query
 from evaluation.providers import OpenAIChatClient
@@ -140,8 +140,8 @@ def test_generation_errors_stored_on_samples_hold_neither_the_body_nor_the_key()
                              gold=str(i), task_type="math", split="train", split_source="file")
     with reflecting_server(echo_headers(status=400)) as echo:
         model = endpoint(echo.base_url)
-        run = engine.evaluation_run_create(dataset=dataset, models=[model], queue=False)
-        engine.evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=engine.client_for_model)
+        run = services.evaluation_run_create(dataset=dataset, models=[model], queue=False)
+        lanes.evaluation_lane_run(run_id=run.pk, model_id=model.pk, client_factory=lanes.client_for_model)
     assert echo.authorizations == [f"Bearer {KEY}"] * 2
     errors = list(ModelResponse.objects.values_list("error", flat=True))
     run.refresh_from_db()

@@ -18,7 +18,7 @@ import httpx
 import psutil
 import pytest
 
-from avengers_web import embedded_db
+from devtools import embedded_db
 from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,10 +48,10 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
 def start_demo(tmp_path: Path, port: int, token: str, log: Path) -> subprocess.Popen[bytes]:
     data = tmp_path / "data"
     # As `make demo` does: DEBUG off and a secret key made once in the data folder.
-    subprocess.run([sys.executable, "-m", "avengers_web.local_platform", "secret-key", str(data / "secret_key")],
+    subprocess.run([sys.executable, "-m", "devtools.local_platform", "secret-key", str(data / "secret_key")],
                    cwd=REPO, check=True)
     env = {**os.environ, "AVENGERS_DATA_DIR": str(data), "AVENGERS_API_TOKEN": token, "DEBUG": "false",
-           "SECRET_KEY_FILE": str(data / "secret_key"), "DJANGO_SETTINGS_MODULE": "avengers_web.settings",
+           "SECRET_KEY_FILE": str(data / "secret_key"), "DJANGO_SETTINGS_MODULE": "config.settings",
            "PYTHONUNBUFFERED": "1"}
     for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_TASK_ALWAYS_EAGER", "AVENGERS_DB_NAME", "SECRET_KEY",
                  "PROMETHEUS_MULTIPROC_DIR", "AVENGERS_PUBLIC_READ"):
@@ -124,7 +124,7 @@ def test_the_demo_serves_with_gunicorn_before_the_local_llms_evaluation_ends_and
         css = httpx.get(base + "/static/css/app.css")
         assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
         processes = [" ".join(c.cmdline()) for c in psutil.Process(demo.pid).children(recursive=True)]
-        assert any("gunicorn avengers_web.wsgi:application" in p for p in processes)
+        assert any("gunicorn config.wsgi:application" in p for p in processes)
         assert not any("runserver" in p for p in processes)
         web = [c for c in psutil.Process(demo.pid).children() if "gunicorn" in " ".join(c.cmdline())]
         assert web[0].environ()["DEBUG"] == "false"

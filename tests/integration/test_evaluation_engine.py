@@ -102,7 +102,7 @@ def test_server_faults_are_retried_a_bounded_number_of_times_and_nothing_is_stor
                               extra_env={"AVENGERS_GENERATION_TIMEOUT_S": "2", "AVENGERS_GENERATION_MAX_ATTEMPTS": "3"})
         try:
             with sending_tasks_to(broker):
-                from evaluation.engine import evaluation_run_create
+                from evaluation.runs.services import evaluation_run_create
 
                 run = evaluation_run_create(dataset=dataset, models=[model], samples=2, params={"seed": 1})
                 run = wait_for_run(run.pk, timeout=120)
@@ -135,7 +135,7 @@ def test_a_worker_killed_mid_run_loses_no_finished_work_and_the_next_worker_does
         second = None
         try:
             with sending_tasks_to(broker):
-                from evaluation.engine import evaluation_run_create
+                from evaluation.runs.services import evaluation_run_create
 
                 run = evaluation_run_create(dataset=dataset, models=[model], samples=1, params={"seed": 5},
                                             batch_size=6)
@@ -170,7 +170,8 @@ def test_a_worker_killed_mid_run_loses_no_finished_work_and_the_next_worker_does
 
 
 def test_a_dead_server_trips_its_circuit_and_does_not_stall_the_other_models(settings) -> None:  # type: ignore[no-untyped-def]
-    from evaluation.engine import client_for_model, evaluation_lane_run, evaluation_run_create
+    from evaluation.runs.lanes import client_for_model, evaluation_lane_run
+    from evaluation.runs.services import evaluation_run_create
 
     settings.EVAL_MAX_DEFERRALS = 0  # record the failures at once instead of waiting for the circuit to close
     dataset = gsm8k_dataset(12, name="breaker")
@@ -194,13 +195,14 @@ def test_a_model_server_that_dies_mid_run_loses_nothing_and_the_run_finishes_whe
 ) -> None:
     import threading
 
-    from evaluation import engine
-    from evaluation.engine import client_for_model, evaluation_lane_run, evaluation_run_create
+    from evaluation.runs import lanes
+    from evaluation.runs.lanes import client_for_model, evaluation_lane_run
+    from evaluation.runs.services import evaluation_run_create
 
-    from avengers_web.celery import app
+    from config.celery import app
 
     requeued: list[float | None] = []  # the lane asks to be run again later; this test does that itself
-    monkeypatch.setattr(engine, "_queue_lanes", lambda run_id, ids, countdown=None: requeued.append(countdown))
+    monkeypatch.setattr(lanes, "_queue_lanes", lambda run_id, ids, countdown=None: requeued.append(countdown))
     monkeypatch.setitem(app.conf, "task_always_eager", False)
     settings.CIRCUIT_RESET_S = 1.0
     settings.EVAL_MAX_DEFERRALS = 10
@@ -244,7 +246,7 @@ HOSTILE_PROGRAMS = {
 def test_hostile_code_from_a_model_is_graded_wrong_in_the_worker_and_the_worker_survives(  # type: ignore[no-untyped-def]
     celery_worker_process
 ) -> None:
-    from evaluation.engine import evaluation_run_create
+    from evaluation.runs.services import evaluation_run_create
 
     dataset = Dataset.objects.create(name="hostile-code", split_seed=1)
     for name in HOSTILE_PROGRAMS:

@@ -16,13 +16,14 @@ import httpx
 import openai
 import pytest
 
-from avengers_web import local_llm
+from devtools import local_llm
 from avengers_web.services import api_token_create
 from evaluation.models import Dataset, LanguageModel, Query
 from evaluation.services import dataset_import_file
-from routing import decision_log, serving
+from routing import building
 from routing import services as routing_services
 from routing.models import RouterSnapshot, RoutingDecision
+from routing.serving import decision_log, tables
 from tests.support.servers import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -42,12 +43,12 @@ def test_answers_come_from_real_servers_through_both_apis_and_survive_a_server_d
         live_server, two_llms, sample_records, user, settings) -> None:
     settings.DECISION_LOG_MODE = "background"
     settings.CIRCUIT_RESET_S = 300
-    serving.forget()
+    tables.forget()
     dataset_import_file(data=sample_records.read_bytes(), filename=sample_records.name)
     snapshot = routing_services.snapshot_create(
         datasets=list(Dataset.objects.all()), models=list(LanguageModel.objects.all()), k=8, shrinkage=8.0,
         team_size=3, label="e2e", queue=False)
-    routing_services.snapshot_build(snapshot_id=snapshot.pk)
+    building.snapshot_build(snapshot_id=snapshot.pk)
     snapshot.refresh_from_db()
     assert snapshot.status == RouterSnapshot.Status.DONE, snapshot.message
     routing_services.snapshot_activate(snapshot=snapshot)
@@ -62,7 +63,7 @@ def test_answers_come_from_real_servers_through_both_apis_and_survive_a_server_d
     first, second = ranked[0], ranked[1]
     for name, (base_url, alias, _) in zip((first, second), two_llms):
         LanguageModel.objects.filter(name=name).update(base_url=base_url, served_model_id=alias)
-    serving.forget()
+    tables.forget()
 
     # 1. POST /api/v1/answer: three samples of the best model, extracted, normalised and voted.
     response = http.post("/api/v1/answer", json={"query": query, "samples": 3, "max_tokens": 40, "task_type": "math"})

@@ -6,7 +6,6 @@ access log names the worker (pid) of every request, so the test knows both worke
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from django.db import connection
 
 from avengers_web.models import ApiToken
 from avengers_web.services import api_token_create
+from devtools.local_platform import stop_group
 from routing import services as routing_services
 from tests.support.servers import free_port
 from tests.support.snapshots import build_snapshot
@@ -40,13 +40,13 @@ class Server:
         self.port = free_port()
         self.access_log = log_dir / "access.log"
         self.error_log = log_dir / "error.log"
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "avengers_web.settings_test", "AVENGERS_DB_NAME": db_name,
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings_test", "AVENGERS_DB_NAME": db_name,
                "SECRET_KEY": "table-freshness-test-" + os.urandom(8).hex(), "ALLOWED_HOSTS": "127.0.0.1",
                "PYTHONPATH": str(REPO)}
         for name in ("DATABASE_URL", "AVENGERS_ROUTING_REFRESH_S"):  # the defaults are what is promised
             env.pop(name, None)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "avengers_web.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
+            [sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
              "--workers", "2", "--worker-class", "sync", "--timeout", "120", "--chdir", str(REPO),
              "--access-logfile", str(self.access_log), "--access-logformat", "%(p)s %(s)s %(U)s",
              "--error-logfile", str(self.error_log)],
@@ -59,13 +59,7 @@ class Server:
         return [line.split()[0] for line in self.access_log.read_text().splitlines() if line.strip()]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process, timeout=30)
 
     def log_tail(self) -> str:
         return self.error_log.read_text()[-3000:] if self.error_log.exists() else ""

@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from avengers_web.service_errors import ServiceError
 from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
 from evaluation.services import dataset_import_file
-from routing import services
+from routing import building, embedding_jobs, services
 from routing.models import EmbeddingJob, RouterSnapshot, SnapshotActivation
 
 pytestmark = pytest.mark.django_db
@@ -26,7 +26,7 @@ def sample(sample_records: Path) -> Path:
 
 def built(response_json: dict) -> RouterSnapshot:  # type: ignore[type-arg]
     """Build a snapshot the API created (its Celery task is not run by tests that roll back)."""
-    assert services.snapshot_build(snapshot_id=response_json["id"]) == "built"
+    assert building.snapshot_build(snapshot_id=response_json["id"]) == "built"
     return RouterSnapshot.objects.get(pk=response_json["id"])
 
 
@@ -105,15 +105,15 @@ def test_an_embedding_job_embeds_only_what_is_missing_and_reports_progress(api, 
     response = api.post("/api/v1/embedding-jobs", {"datasets": ["gsm8k", "math"]}, format="json")
     assert response.status_code == 201 and response.json()["status"] == "pending"
     job_id = response.json()["id"]
-    services.embedding_job_run(job_id=job_id)
+    embedding_jobs.embedding_job_run(job_id=job_id)
     job = api.get(f"/api/v1/embedding-jobs/{job_id}").json()
     expected = Query.objects.filter(dataset__name__in=["gsm8k", "math"]).count()
     assert job["status"] == "done" and job["done"] == job["total"] == expected
     assert job["embedder"] == settings.EMBEDDER  # none named: the platform's default
     assert QueryEmbedding.objects.filter(embedder=settings.EMBEDDER).count() == expected
-    second = services.embedding_job_create(datasets=list(Dataset.objects.filter(name="gsm8k")),
-                                           embedder=settings.EMBEDDER, queue=False)
-    services.embedding_job_run(job_id=second.pk)
+    second = embedding_jobs.embedding_job_create(datasets=list(Dataset.objects.filter(name="gsm8k")),
+                                                 embedder=settings.EMBEDDER, queue=False)
+    embedding_jobs.embedding_job_run(job_id=second.pk)
     second.refresh_from_db()
     assert second.total == 0 and "0 queries embedded" in second.message
     assert api.post("/api/v1/embedding-jobs", {"datasets": ["gsm8k"], "embedder": "nope"},
@@ -164,7 +164,7 @@ def test_snapshots_are_started_and_derived_from_the_dashboard(client, user, samp
                                                "method": "kmeans", "embedder": "minilm", "seed": 42, "shrinkage": "0"})
     snapshot = RouterSnapshot.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/snapshots/{snapshot.pk}/"
-    assert services.snapshot_build(snapshot_id=snapshot.pk) == "built"
+    assert building.snapshot_build(snapshot_id=snapshot.pk) == "built"
     page = client.get(f"/snapshots/{snapshot.pk}/").content.decode()
     assert 'data-testid="add-model"' in page and "gemma-2-9b-it" in page
     gemma = LanguageModel.objects.get(name="gemma-2-9b-it")
@@ -178,13 +178,13 @@ def test_snapshots_are_started_and_derived_from_the_dashboard(client, user, samp
 
 
 def test_a_new_model_is_evaluated_by_the_engine_before_its_profile_is_added(sample) -> None:  # type: ignore[no-untyped-def]
-    from evaluation import engine
+    from evaluation.runs import lanes
     from tests.support.fakes import FakeLLMClient
 
     gsm8k = Dataset.objects.get(name="gsm8k")
     snapshot = services.snapshot_create(datasets=[gsm8k], models=list(LanguageModel.objects.filter(
         name__in=["qwen2.5-7b-instruct", "gemma-2-9b-it"])), k=3, shrinkage=0, queue=False)
-    assert services.snapshot_build(snapshot_id=snapshot.pk) == "built"
+    assert building.snapshot_build(snapshot_id=snapshot.pk) == "built"
     snapshot.refresh_from_db()
     with pytest.raises(ServiceError, match="no scores on the snapshot's train queries"):
         services.snapshot_add_model(snapshot=snapshot, model=LanguageModel.objects.create(name="ghost"), queue=False)
@@ -193,10 +193,10 @@ def test_a_new_model_is_evaluated_by_the_engine_before_its_profile_is_added(samp
     derived = services.snapshot_add_model(snapshot=snapshot, model=newcomer, queue=False)
     (run,) = derived.evaluation_runs.all()
     assert (run.dataset, run.split, list(run.language_models.all())) == (gsm8k, "train", [newcomer])
-    assert services.snapshot_build(snapshot_id=derived.pk) == "waiting"
+    assert building.snapshot_build(snapshot_id=derived.pk) == "waiting"
     assert RouterSnapshot.objects.get(pk=derived.pk).status == "evaluating"
-    engine.evaluation_lane_run(run_id=run.pk, model_id=newcomer.pk, client_factory=lambda m: FakeLLMClient())
-    assert services.snapshot_build(snapshot_id=derived.pk) == "built"
+    lanes.evaluation_lane_run(run_id=run.pk, model_id=newcomer.pk, client_factory=lambda m: FakeLLMClient())
+    assert building.snapshot_build(snapshot_id=derived.pk) == "built"
     train = Query.objects.filter(dataset=gsm8k, split="train").count()
     profile = derived.profiles.filter(model=newcomer)
     assert profile.count() == 3 and sum(profile.values_list("n", flat=True)) == train
@@ -204,11 +204,11 @@ def test_a_new_model_is_evaluated_by_the_engine_before_its_profile_is_added(samp
 
 
 def test_embedding_jobs_show_their_progress_on_the_snapshots_page(client, sample) -> None:  # type: ignore[no-untyped-def]
-    job = services.embedding_job_create(datasets=list(Dataset.objects.filter(name="gsm8k")), embedder="minilm",
-                                        queue=False)
+    job = embedding_jobs.embedding_job_create(datasets=list(Dataset.objects.filter(name="gsm8k")),
+                                              embedder="minilm", queue=False)
     page = client.get("/snapshots/").content.decode()
     assert 'data-testid="embedding-job"' in page and "starting" in page and 'http-equiv="refresh"' in page
-    services.embedding_job_run(job_id=job.pk)
+    embedding_jobs.embedding_job_run(job_id=job.pk)
     page = client.get("/snapshots/").content.decode()
     total = Query.objects.filter(dataset__name="gsm8k").count()
     assert f"{total} of {total}" in page and 'http-equiv="refresh"' not in page

@@ -13,9 +13,9 @@ from django.test import Client
 from django.urls import reverse
 
 from evaluation.models import Dataset
-from routing import serving
 from routing import services as routing_services
 from routing.models import RouterSnapshot, SnapshotCluster, SnapshotProfile
+from routing.serving import ServingError, service, tables
 from tests.support.snapshots import build_snapshot
 
 pytestmark = pytest.mark.django_db
@@ -127,15 +127,15 @@ def test_a_label_edit_and_each_activation_bump_the_revisions_it_changes(snapshot
 
 def test_a_process_switches_with_the_active_snapshot_and_never_serves_a_deleted_one_from_its_cache(snapshot, settings) -> None:  # type: ignore[no-untyped-def]
     settings.ROUTING_REFRESH_S = 0
-    serving.forget()
+    tables.forget()
     routing_services.snapshot_activate(snapshot=snapshot)
-    served = serving.route(serving.Request(query="What is 2 + 2?", endpoint="route"))
-    assert served["snapshot"]["id"] == snapshot.pk
+    served = service.route(service.Request(query="What is 2 + 2?", endpoint="route"))
+    assert served.snapshot.id == snapshot.pk
     other = build_snapshot(version=2, means=MEANS, assignments=[("gsm8k", 0), ("mmlu", 1), ("mbpp", 2)], seed=3)
     routing_services.snapshot_activate(snapshot=other)
-    assert serving.route(serving.Request(query="What is 2 + 2?", endpoint="route"))["snapshot"]["id"] == other.pk
+    assert service.route(service.Request(query="What is 2 + 2?", endpoint="route")).snapshot.id == other.pk
     RouterSnapshot.objects.filter(pk=other.pk).delete()
-    with pytest.raises(serving.ServingError) as refused:
-        serving.route(serving.Request(query="What is 2 + 2?", endpoint="route", snapshot_id=other.pk))
+    with pytest.raises(ServingError) as refused:
+        service.route(service.Request(query="What is 2 + 2?", endpoint="route", snapshot_id=other.pk))
     assert refused.value.status == 404
-    serving.forget()
+    tables.forget()

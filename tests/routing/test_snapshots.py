@@ -11,7 +11,7 @@ from django.conf import settings
 from avengers_web.service_errors import ServiceError
 from evaluation.models import Dataset, LanguageModel, ModelResponse, Query, QueryEmbedding
 from evaluation.services import dataset_import_file
-from routing import services
+from routing import building, services
 from routing.models import RouterSnapshot, SnapshotActivation
 
 pytestmark = pytest.mark.django_db
@@ -27,7 +27,7 @@ def llmrouter(llmrouter_records: Path) -> Path:
 
 def build(**options) -> RouterSnapshot:  # type: ignore[no-untyped-def]
     snapshot = services.snapshot_create(queue=False, **options)
-    assert services.snapshot_build(snapshot_id=snapshot.pk) == "built", RouterSnapshot.objects.get(pk=snapshot.pk).message
+    assert building.snapshot_build(snapshot_id=snapshot.pk) == "built", RouterSnapshot.objects.get(pk=snapshot.pk).message
     snapshot.refresh_from_db()
     return snapshot
 
@@ -65,12 +65,12 @@ def test_a_k64_snapshot_scores_on_the_test_split_what_the_offline_evaluator_scor
 
     # Live routing uses that router: POST /api/v1/route ranks first, for every test query, the model the
     # offline router picks for it.
-    from routing import serving
+    from routing.serving import tables
     from routing.core.router import choose
     from routing.offline import embed_all
 
     services.snapshot_activate(snapshot=snapshot)
-    serving.forget()
+    tables.forget()
     texts = list(Query.objects.filter(split="test").order_by("id").values_list("text", flat=True))
     assert len(texts) == 381
     vectors, _ = embed_all(texts, snapshot.embedder, default_cache())
@@ -108,7 +108,7 @@ def test_a_model_added_later_gives_the_snapshot_built_with_it_and_computes_nothi
     added = services.snapshot_add_model(snapshot=partial, model=LanguageModel.objects.get(name=HELD_OUT_MODEL),
                                         queue=False)
     assert not added.evaluation_runs.exists()  # its results were already stored
-    assert services.snapshot_build(snapshot_id=added.pk) == "built"
+    assert building.snapshot_build(snapshot_id=added.pk) == "built"
     added.refresh_from_db()
     assert (QueryEmbedding.objects.count(), ModelResponse.objects.count()) == (embeddings, responses)
     assert added.kind == "add_model" and added.parent == partial and added.pool.count() == 9
@@ -130,8 +130,8 @@ def test_a_model_added_later_gives_the_snapshot_built_with_it_and_computes_nothi
     assert added.router == "auto" and added.router_chosen == full.router_chosen and added.router_cv == full.router_cv
     probe = np.asarray(list(QueryEmbedding.objects.filter(query__split="test", embedder=full.embedder)
                             .order_by("query_id").values_list("vector", flat=True)[:50]), dtype=np.float32)
-    assert np.allclose(services.snapshot_router(added).model_scores(probe),
-                       services.snapshot_router(full).model_scores(probe))
+    assert np.allclose(building.snapshot_router(added).model_scores(probe),
+                       building.snapshot_router(full).model_scores(probe))
 
 
 def test_a_model_with_a_few_scores_is_added_from_them_without_evaluating_the_rest(llmrouter) -> None:  # type: ignore[no-untyped-def]
@@ -150,7 +150,7 @@ def test_a_model_with_a_few_scores_is_added_from_them_without_evaluating_the_res
     team = [*base.team, newcomer.name]
     added = services.snapshot_add_model(snapshot=base, model=newcomer, queue=False, evaluate_missing=False, team=team)
     assert not added.evaluation_runs.exists()
-    assert services.snapshot_build(snapshot_id=added.pk) == "built"
+    assert building.snapshot_build(snapshot_id=added.pk) == "built"
     added.refresh_from_db()
     assert ModelResponse.objects.count() == responses
     assert added.pool.count() == 9 and added.team == team and added.team_chosen_by_hand
@@ -180,7 +180,7 @@ def test_a_dataset_added_later_is_reclustered_and_only_its_queries_are_embedded(
     before = QueryEmbedding.objects.count()
     responses = ModelResponse.objects.count()
     added = services.snapshot_add_dataset(snapshot=base, dataset=mbpp, queue=False)
-    assert services.snapshot_build(snapshot_id=added.pk) == "built"
+    assert building.snapshot_build(snapshot_id=added.pk) == "built"
     added.refresh_from_db()
     new_queries = Query.objects.filter(dataset=mbpp).count()
     assert QueryEmbedding.objects.count() - before == new_queries  # only mbpp's queries were embedded

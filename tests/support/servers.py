@@ -11,8 +11,8 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 
-from avengers_web import local_llm
-from avengers_web.local_llm import free_port, smollm2_model_path
+from devtools import local_llm
+from devtools.local_llm import free_port, smollm2_model_path
 
 __all__ = ["LLMServer", "RedisServer", "free_port", "llm_server", "redis_server", "smollm2_model_path"]
 

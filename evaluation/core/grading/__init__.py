@@ -29,6 +29,7 @@ from evaluation.core.grading.registry import (
     GraderFunction,
     GradingUnavailable,
     grade,
+    grader_options,
     is_free_text,
     normalise_answer,
     normaliser,
@@ -38,6 +39,6 @@ from evaluation.core.grading.registry import (
 
 __all__ = [
     "GRADERS", "QUERY_OPTIONS", "TASK_TYPES", "Extraction", "Grade", "Grader", "GraderFunction", "GradingUnavailable",
-    "extract_answer", "grade", "is_free_text", "normalise_answer", "normaliser", "register_grader",
+    "extract_answer", "grade", "grader_options", "is_free_text", "normalise_answer", "normaliser", "register_grader",
     "unregister_grader",
 ]

@@ -79,7 +79,8 @@ def _normalise_code(answer: str, **_: Any) -> str | None:
 
 @register_grader("code", description="Code: pass@1 of the extracted program against the tests in the sandbox.",
                  normalise=_normalise_code, free_text=True, query_options=("tests", "entry_point"),
-                 options=("tests", "entry_point", "prompt", "timeout_s", "memory_mb", "allow_weak_sandbox"))
+                 options=("tests", "entry_point", "prompt", "timeout_s", "memory_mb", "allow_weak_sandbox"),
+                 query_text_option="prompt", setting_options={"allow_weak_sandbox": "SANDBOX_ALLOW_WEAK"})
 def grade_code(response: str, gold: str, *, tests: str | None = None, entry_point: str | None = None,
                prompt: str | None = None, timeout_s: float = 10.0, memory_mb: int = 512,
                allow_weak_sandbox: bool = False, **_: Any) -> Grade:

@@ -1,12 +1,13 @@
 """The one table of graders: what each task type grades with, normalises with and reads as options.
 
 A grader module registers its function with ``register_grader``; every list of task types, the options a
-query's metadata may set, and which answers are free text are read from here.
+query's metadata may set, the options a run fills in (``grader_options``) and which answers are free text
+are read from here.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar, overload
 
@@ -47,6 +48,9 @@ class Grader:
     free_text: bool  # the answer is text as written (qa, code), not a canonical key (a number, a letter)
     normalise: Normalise  # the canonical key voting and grading compare
     function: GraderFunction
+    query_text_option: str | None = None  # the option that receives the query's text (code: its prompt)
+    # option -> the name of the deployment setting that sets it (never a query's: see register_grader)
+    setting_options: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __call__(self, response: str, gold: str, **options: Any) -> Grade:
         """Run the grader."""
@@ -59,17 +63,26 @@ _G = TypeVar("_G", bound=GraderFunction)
 
 def register_grader(name: str, *, description: str, normalise: Normalise, higher_is_better: bool = True,
                     score: str = "binary", options: tuple[str, ...] = (), query_options: tuple[str, ...] = (),
-                    free_text: bool = False) -> Callable[[_G], _G]:
+                    free_text: bool = False, query_text_option: str | None = None,
+                    setting_options: Mapping[str, str] | None = None) -> Callable[[_G], _G]:
     """Register the decorated function in ``GRADERS`` under ``name``."""
+    from_settings = dict(setting_options or {})
     if not set(query_options) <= set(options):
         raise ValueError(f"grader {name!r}: query_options {query_options} must be among its options {options}")
+    if query_text_option is not None and query_text_option not in options:
+        raise ValueError(f"grader {name!r}: query_text_option {query_text_option!r} must be among its options")
+    if not set(from_settings) <= set(options) - set(query_options):
+        # A dataset must never set what the deployment decides (e.g. whether the sandbox may be weak).
+        raise ValueError(f"grader {name!r}: setting_options {sorted(from_settings)} must be among its options "
+                         "and not among its query_options")
 
     def decorate(function: _G) -> _G:
         if name in GRADERS:
             raise ValueError(f"grader {name!r} is already registered")
         GRADERS[name] = Grader(name=name, description=description, higher_is_better=higher_is_better,
                                score=score, options=options, query_options=query_options, free_text=free_text,
-                               normalise=normalise, function=function)
+                               normalise=normalise, function=function, query_text_option=query_text_option,
+                               setting_options=from_settings)
         return function
 
     return decorate
@@ -148,6 +161,21 @@ def grade(task_type: str, response: str, gold: str, **options: Any) -> Grade:
         raise  # the machine, not the response: the caller records it as an error, not as a score
     except Exception as exc:  # noqa: BLE001 - one odd response must not abort a whole evaluation run
         return Grade(False, 0.0, None, f"grader error: {type(exc).__name__}: {exc}"[:300])
+
+
+def grader_options(task_type: str, *, metadata: Mapping[str, Any], query_text: str,
+                   setting: Callable[[str], Any]) -> dict[str, Any]:
+    """Return the options to grade a query of ``task_type`` with: its metadata's, its text's and the settings'.
+
+    ``setting`` reads a deployment setting by name; the caller need not know which grader takes which.
+    """
+    grader = _grader(task_type)
+    options = {key: metadata[key] for key in grader.query_options if key in metadata}
+    if grader.query_text_option is not None:
+        options.setdefault(grader.query_text_option, query_text)
+    for option, name in grader.setting_options.items():
+        options[option] = setting(name)
+    return options
 
 
 def normalise_answer(task_type: str, answer: str, **options: Any) -> str | None:

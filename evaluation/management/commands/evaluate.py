@@ -7,7 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from avengers_web.service_errors import command_errors
-from evaluation import engine, selectors
+from evaluation import selectors
+from evaluation.runs import lanes, services
 from evaluation.models import EvaluationRun
 
 
@@ -26,7 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, help="Each sample gets seed + its index; seeded requests are cached.")
         parser.add_argument("--stop", action="append", help="A stop sequence (repeat for several).")
         parser.add_argument("--limit", type=int, help="Only the first N queries of the split.")
-        parser.add_argument("--batch-size", type=int, default=engine.DEFAULT_BATCH_SIZE)
+        parser.add_argument("--batch-size", type=int, default=services.DEFAULT_BATCH_SIZE)
         parser.add_argument("--no-cache", action="store_true", help="Always ask the server, even for seeded requests.")
         parser.add_argument("--resume", type=int, metavar="RUN", help="Queue again what run RUN misses or failed.")
         parser.add_argument("--cancel", type=int, metavar="RUN", help="Cancel run RUN.")
@@ -42,8 +43,8 @@ class Command(BaseCommand):
             return
         if options["inline"]:
             for run_model in run.run_models.all():
-                engine.evaluation_lane_run(run_id=run.pk, model_id=run_model.model_id,
-                                           client_factory=engine.client_for_model)
+                lanes.evaluation_lane_run(run_id=run.pk, model_id=run_model.model_id,
+                                          client_factory=lanes.client_for_model)
         elif options["no_wait"]:
             return
         self._follow(run.pk)
@@ -55,8 +56,8 @@ class Command(BaseCommand):
                 if run is None:
                     raise CommandError(f"there is no run {options[flag]}")
                 if flag == "resume":
-                    return engine.evaluation_run_resume(run=run, queue=not options["inline"])
-                return engine.evaluation_run_cancel(run=run)
+                    return services.evaluation_run_resume(run=run, queue=not options["inline"])
+                return services.evaluation_run_cancel(run=run)
         if not options["models"] or not options["dataset"]:
             raise CommandError("give --models and --dataset (or --resume RUN / --cancel RUN)")
         datasets, unknown = selectors.datasets_by_name_or_id([options["dataset"]])
@@ -67,7 +68,7 @@ class Command(BaseCommand):
             raise CommandError(f"there is no model {', '.join(map(repr, unknown))}")
         params = {key: options[key] for key in ("temperature", "top_p", "max_tokens", "seed", "stop")
                   if options[key] is not None}
-        return engine.evaluation_run_create(
+        return services.evaluation_run_create(
             dataset=datasets[0], models=models, split=options["split"], samples=options["samples"], params=params,
             use_cache=not options["no_cache"], limit=options["limit"], batch_size=options["batch_size"],
             queue=not options["inline"],

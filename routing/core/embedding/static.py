@@ -17,15 +17,8 @@ from routing.core.embedding.minilm import (
     _minilm_version,
     minilm_tokenizer,
 )
-from routing.core.embedding.registry import (
-    Embedder,
-    ProgressCallback,
-    _batches,
-    _check_positive,
-    default_onnx_dir,
-    normalise_rows,
-    register_embedder,
-)
+from routing.core.embedding.registry import Embedder, ProgressCallback, _batches, _check_positive
+from routing.core.embedding.registry import default_onnx_dir, normalise_rows, register_embedder
 from routing.core.wordpiece import BertIds
 
 MINILM_STATIC_MAX_TOKENS = 512  # a static embedder has no position limit; this only bounds the cost of one text

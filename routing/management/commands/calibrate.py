@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from avengers_web.service_errors import command_errors
 from evaluation import selectors as evaluation_selectors
 from evaluation.models import Dataset, LanguageModel
-from routing import services
+from routing import building, embedding_jobs, services
 from routing.models import RouterSnapshot
 
 
@@ -91,12 +91,12 @@ class Command(BaseCommand):
         self.stdout.write(f"v{snapshot.version} is now the active snapshot")
 
     def _embed(self, options: dict[str, Any]) -> None:
-        job = services.embedding_job_create(datasets=self._datasets(options["datasets"]),
-                                            embedder=options["embedder"], queue=options["queue"])
+        job = embedding_jobs.embedding_job_create(datasets=self._datasets(options["datasets"]),
+                                                  embedder=options["embedder"], queue=options["queue"])
         if options["queue"]:
             self.stdout.write(f"embedding job {job.pk} queued")
             return
-        services.embedding_job_run(job_id=job.pk)
+        embedding_jobs.embedding_job_run(job_id=job.pk)
         job.refresh_from_db()
         self.stdout.write(f"embedding job {job.pk}: {job.status}. {job.message}")
 
@@ -104,7 +104,7 @@ class Command(BaseCommand):
         if options["queue"]:
             self.stdout.write(f"v{snapshot.version} queued; follow it on /snapshots/{snapshot.pk}/")
             return
-        outcome = services.snapshot_build(snapshot_id=snapshot.pk)
+        outcome = building.snapshot_build(snapshot_id=snapshot.pk)
         snapshot.refresh_from_db()
         if outcome == "waiting":
             self.stdout.write(f"v{snapshot.version} waits for {snapshot.evaluation_runs.count()} evaluation run(s); "

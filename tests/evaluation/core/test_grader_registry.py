@@ -110,3 +110,26 @@ def test_it_refuses_a_second_grader_under_one_name_and_query_options_it_does_not
     with pytest.raises(ValueError, match="query_options"):
         register_grader("other", description="x", normalise=str, query_options=("tests",))
     assert "other" not in TASK_TYPES
+
+
+def test_a_run_grades_each_query_with_the_options_its_grader_declares() -> None:
+    settings = {"SANDBOX_ALLOW_WEAK": True}
+    metadata = {"tests": "assert f() == 1", "choices": ["a", "b"], "allow_weak_sandbox": True}
+    # Code takes its own query options, the query's text as its prompt and the sandbox setting (never the
+    # metadata's); other graders take only their own query options.
+    assert grading.grader_options("code", metadata=metadata, query_text="Write f.", setting=settings.__getitem__) == {
+        "tests": "assert f() == 1", "prompt": "Write f.", "allow_weak_sandbox": True}
+    assert grading.grader_options("mcq", metadata=metadata, query_text="Pick.", setting=settings.__getitem__) == {
+        "choices": ["a", "b"]}
+    assert grading.grader_options("qa", metadata=metadata, query_text="Who?", setting=settings.__getitem__) == {}
+    with pytest.raises(ValueError, match="unknown task type"):
+        grading.grader_options("nope", metadata={}, query_text="", setting=settings.__getitem__)
+
+
+def test_it_refuses_settings_a_dataset_could_set_and_options_it_does_not_read() -> None:
+    with pytest.raises(ValueError, match="setting_options"):
+        register_grader("other", description="x", normalise=str, options=("weak",), query_options=("weak",),
+                        setting_options={"weak": "SANDBOX_ALLOW_WEAK"})
+    with pytest.raises(ValueError, match="query_text_option"):
+        register_grader("other", description="x", normalise=str, query_text_option="prompt")
+    assert "other" not in TASK_TYPES

@@ -1,0 +1,185 @@
+"""REST API for evaluation runs: start, follow, cancel, resume, and browse the graded samples."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.http import Http404
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from avengers_web import roles
+from avengers_web.api import Pagination, paginate
+from evaluation import selectors
+from evaluation.api import dataset_field, models_field
+from evaluation.core.sampling import ALLOWED_PARAMS
+from evaluation.models import EvaluationRun, ModelResponse
+from evaluation.runs import services
+
+
+class ModelProgressOutput(serializers.Serializer):
+    model_id = serializers.IntegerField()
+    model_name = serializers.CharField()
+    done = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cached = serializers.IntegerField()
+    graded = serializers.IntegerField()
+    correct = serializers.IntegerField()
+    mean_score = serializers.FloatField(allow_null=True, help_text="Mean score of the graded samples (accuracy).")
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+
+
+class ProgressOutput(serializers.Serializer):
+    total = serializers.IntegerField()
+    done = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    cached = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+    fraction = serializers.FloatField()
+    rate_per_s = serializers.FloatField(allow_null=True, help_text="Samples finished per second since (re)start.")
+    eta_s = serializers.FloatField(allow_null=True)
+    models = ModelProgressOutput(many=True)
+    batches = serializers.DictField(child=serializers.IntegerField())
+
+
+class RunOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    dataset = serializers.CharField(source="dataset.name")
+    dataset_id = serializers.IntegerField()
+    split = serializers.CharField()
+    samples = serializers.IntegerField()
+    params = serializers.DictField()
+    use_cache = serializers.BooleanField()
+    limit = serializers.IntegerField(allow_null=True)
+    n_queries = serializers.IntegerField()
+    status = serializers.CharField()
+    message = serializers.CharField()
+    models = serializers.SerializerMethodField()
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    progress = serializers.SerializerMethodField()
+
+    def get_models(self, run: EvaluationRun) -> list[str]:
+        return [rm.model.name for rm in run.run_models.all()]
+
+    @extend_schema_field(ProgressOutput)
+    def get_progress(self, run: EvaluationRun) -> dict[str, Any]:
+        progress = selectors.run_progress(run)
+        return ProgressOutput({**progress.__dict__, "fraction": progress.fraction}).data
+
+
+class RunCreateInput(serializers.Serializer):
+    dataset = dataset_field(help_text="Dataset name or id.")
+    models = models_field(min_length=1, help_text="Model names or ids.")
+    split = serializers.ChoiceField(choices=EvaluationRun.Split.values, default="train")
+    samples = serializers.IntegerField(default=1, min_value=1, max_value=services.MAX_SAMPLES)
+    params = serializers.DictField(required=False, default=dict,
+                                   help_text=f"Sampling parameters; keys: {', '.join(ALLOWED_PARAMS)}. A seed makes "
+                                             "each sample reproducible (seed + sample index) and cacheable.")
+    use_cache = serializers.BooleanField(default=True, help_text="Answer seeded requests from the response cache.")
+    limit = serializers.IntegerField(required=False, allow_null=True, min_value=1,
+                                     help_text="Only the first N queries of the split.")
+    batch_size = serializers.IntegerField(default=services.DEFAULT_BATCH_SIZE, min_value=1, max_value=services.MAX_BATCH_SIZE,
+                                          help_text="Queries per unit of work a worker claims.")
+
+
+def _run_or_404(pk: int) -> EvaluationRun:
+    run = selectors.run_get(pk)
+    if run is None:
+        raise Http404
+    return run
+
+
+def _change_run(request: Request, pk: int, action: Callable[..., EvaluationRun]) -> Response:
+    """Apply a service (cancel, resume) to the run and answer with the run as it is now."""
+    run = _run_or_404(pk)
+    roles.require(request.user, roles.CONTROL_RUN, run)
+    action(run=run, user=request.user)
+    return Response(RunOutput(_run_or_404(pk)).data)
+
+
+class RunListCreateApi(APIView):
+    pagination_class = Pagination  # its GET is a page: the schema documents it so
+    write_permissions = {"POST": roles.START_RUN}
+
+    @extend_schema(operation_id="evaluations_list", responses=RunOutput(many=True),
+                   parameters=[OpenApiParameter("status", str, enum=EvaluationRun.Status.values)])
+    def get(self, request: Request) -> Response:
+        runs = selectors.run_list(status=request.query_params.get("status", ""))
+        return paginate(request, self, runs, RunOutput)
+
+    @extend_schema(operation_id="evaluations_create", request=RunCreateInput, responses={201: RunOutput},
+                   description="Evaluate models on a dataset's split: generation and grading run in Celery workers.")
+    def post(self, request: Request) -> Response:
+        serializer = RunCreateInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        run = services.evaluation_run_create(
+            dataset=data["dataset"], models=data["models"], split=data["split"], samples=data["samples"],
+            params=data["params"], use_cache=data["use_cache"], limit=data.get("limit"), batch_size=data["batch_size"],
+            user=request.user,
+        )
+        return Response(RunOutput(_run_or_404(run.pk)).data, status=status.HTTP_201_CREATED)
+
+
+class RunDetailApi(APIView):
+    @extend_schema(operation_id="evaluations_retrieve", responses=RunOutput)
+    def get(self, request: Request, pk: int) -> Response:
+        return Response(RunOutput(_run_or_404(pk)).data)
+
+
+class RunCancelApi(APIView):
+    write_permissions = {"POST": roles.CONTROL_RUN}
+
+    @extend_schema(operation_id="evaluations_cancel", request=None, responses=RunOutput,
+                   description="Stop the run: requests in flight finish and are saved; resume continues later.")
+    def post(self, request: Request, pk: int) -> Response:
+        return _change_run(request, pk, services.evaluation_run_cancel)
+
+
+class RunResumeApi(APIView):
+    write_permissions = {"POST": roles.CONTROL_RUN}
+
+    @extend_schema(operation_id="evaluations_resume", request=None, responses=RunOutput,
+                   description="Queue again only the samples that are missing or failed.")
+    def post(self, request: Request, pk: int) -> Response:
+        return _change_run(request, pk, services.evaluation_run_resume)
+
+
+class SampleOutput(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    query_id = serializers.IntegerField()
+    query_external_id = serializers.CharField(source="query.external_id")
+    query_text = serializers.CharField(source="query.text")
+    task_type = serializers.CharField(source="query.task_type")
+    gold = serializers.CharField(source="query.gold")
+
+    class Meta:
+        model = ModelResponse
+        fields = ["id", "model", "query_id", "query_external_id", "query_text", "task_type", "gold", "sample_index",
+                  "prompt", "text", "extracted", "correct", "score", "grade_reason", "error", "error_kind",
+                  "finish_reason", "prompt_tokens", "completion_tokens", "latency_ms", "attempts", "cached", "params",
+                  "created_at"]
+
+
+class RunSamplesApi(APIView):
+    pagination_class = Pagination  # its GET is a page: the schema documents it so
+    @extend_schema(operation_id="evaluations_samples_list", responses=SampleOutput(many=True), parameters=[
+        OpenApiParameter("model", str, description="Model name."),
+        OpenApiParameter("verdict", str, enum=["correct", "wrong", "ungraded", "failed"]),
+        OpenApiParameter("search", str, description="Substring of the query id, query, response or extracted answer."),
+    ])
+    def get(self, request: Request, pk: int) -> Response:
+        run = _run_or_404(pk)
+        verdict = request.query_params.get("verdict", "")
+        if verdict not in ("", "correct", "wrong", "ungraded", "failed"):
+            raise serializers.ValidationError({"verdict": ["must be correct, wrong, ungraded or failed"]})
+        samples = selectors.run_samples(run, model=request.query_params.get("model", ""), verdict=verdict,
+                                        search=request.query_params.get("search", ""))
+        return paginate(request, self, samples, SampleOutput)
