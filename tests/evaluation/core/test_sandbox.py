@@ -262,3 +262,29 @@ def test_several_sandboxes_run_concurrently_from_threads() -> None:
     for i, result in enumerate(results):
         assert result.stdout == f"{i}\n"
         assert result.status == ("failed" if i % 3 == 0 else "passed"), result.reason
+
+
+def test_the_uid_sweep_ends_every_process_a_sandbox_uid_left_behind() -> None:
+    """What a worker that died mid-run left running as its sandbox uid is killed before the uid is used again.
+    (The sweep must start Python as root: the interpreter may live where other users cannot reach it.)"""
+    import signal
+    import subprocess
+    import time
+
+    from evaluation.core import sandbox
+
+    if os.geteuid() != 0:
+        pytest.skip("only root can start processes as another uid")
+    uid = 64999  # no account, and outside the slots run_python holds, so no run is disturbed
+    leftover = subprocess.Popen(["sleep", "60"], user=uid, group=uid, extra_groups=[])
+    try:
+        deadline = time.monotonic() + 10
+        while sandbox._processes_of(uid) != [leftover.pid]:
+            assert time.monotonic() < deadline, sandbox._processes_of(uid)
+            time.sleep(0.02)
+        sandbox._kill_uid(uid)
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert sandbox._processes_of(uid) == []
+    finally:
+        if leftover.poll() is None:
+            leftover.kill()
