@@ -1,14 +1,26 @@
-"""The dashboard's error pages (urls.py's handler400/403/404/500): they need neither DEBUG nor Django's defaults.
+"""The dashboard's error pages (urls.py's handler400/403/404/500): they need neither DEBUG nor Django's defaults;
+and ``found_or_404``, the one way a view or an API view turns a lookup that found nothing into a 404.
 
 Errors on /api/ and /v1/ become the API's JSON shape in ``avengers_web.middleware``.
 """
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, HttpResponseServerError
+from typing import TypeVar
+
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseServerError
 from django.shortcuts import render
 from django.template.loader import render_to_string
 
+T = TypeVar("T")
+
 TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 413: "Request too large"}
+
+
+def found_or_404(found: T | None, message: str | None = None) -> T:
+    """What a selector found, or a 404: with ``message`` on a page; the API's "Not found." without one."""
+    if found is None:
+        raise Http404(message) if message is not None else Http404()
+    return found
 
 
 def error_page(request: HttpRequest, status: int, message: str) -> HttpResponse:

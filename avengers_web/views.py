@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from avengers_web.errors import found_or_404
 from avengers_web.models import ApiToken
 from avengers_web.parsing import parse_id
 from avengers_web.roles import role_of
@@ -38,9 +39,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def token_revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    token = ApiToken.objects.filter(user=request.user, pk=pk).first()
-    if token is None:
-        raise Http404("No such token")
+    token = found_or_404(ApiToken.objects.filter(user=request.user, pk=pk).first(), "No such token")
     api_token_revoke(token=token)
     messages.success(request, f"Revoked token {token.prefix}…")
     return redirect("tokens")

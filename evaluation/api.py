@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -12,6 +11,7 @@ from rest_framework.views import APIView
 
 from avengers_web import roles
 from avengers_web.api import FileValidationError, NameOrIdField, NamesOrIdsField, Pagination, paginate
+from avengers_web.errors import found_or_404
 from evaluation import selectors, services
 from evaluation.core.datasets import DatasetFileError
 from evaluation.core.endpoints import normalise_base_url
@@ -123,16 +123,12 @@ class DatasetDetailApi(APIView):
 
     @extend_schema(operation_id="datasets_retrieve", responses=DatasetDetailOutput)
     def get(self, request: Request, pk: int) -> Response:
-        dataset = selectors.dataset_get(pk)
-        if dataset is None:
-            raise Http404
+        dataset = found_or_404(selectors.dataset_get(pk))
         return Response(self.DatasetDetailOutput(dataset).data)
 
     @extend_schema(operation_id="datasets_partial_update", request=DatasetUpdateInput, responses=DatasetDetailOutput)
     def patch(self, request: Request, pk: int) -> Response:
-        dataset = selectors.dataset_get(pk)
-        if dataset is None:
-            raise Http404
+        dataset = found_or_404(selectors.dataset_get(pk))
         roles.require(request.user, roles.EDIT_DATASET, dataset)
         serializer = self.DatasetUpdateInput(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
@@ -160,9 +156,7 @@ class DatasetQueriesApi(APIView):
         OpenApiParameter("search", str, description="Substring of the text, id or gold answer."),
     ])
     def get(self, request: Request, pk: int) -> Response:
-        dataset = selectors.dataset_get(pk)
-        if dataset is None:
-            raise Http404
+        dataset = found_or_404(selectors.dataset_get(pk))
         split = request.query_params.get("split", "")
         if split not in ("", "train", "test"):
             raise serializers.ValidationError({"split": ["must be 'train' or 'test'"]})
@@ -188,9 +182,7 @@ class DatasetImportDetailApi(APIView):
 
     @extend_schema(operation_id="imports_retrieve", responses=ImportOutput)
     def get(self, request: Request, pk: int) -> Response:
-        job = selectors.import_get(pk)
-        if job is None:
-            raise Http404
+        job = found_or_404(selectors.import_get(pk))
         return Response(self.ImportOutput(job).data)
 
 
@@ -268,16 +260,12 @@ class ModelDetailApi(APIView):
 
     @extend_schema(operation_id="models_retrieve", responses=ModelOutput)
     def get(self, request: Request, pk: int) -> Response:
-        model = selectors.model_get(pk)
-        if model is None:
-            raise Http404
+        model = found_or_404(selectors.model_get(pk))
         return Response(ModelOutput(model).data)
 
     @extend_schema(operation_id="models_partial_update", request=ModelInput(partial=True), responses=ModelOutput)
     def patch(self, request: Request, pk: int) -> Response:
-        model = selectors.model_get(pk)
-        if model is None:
-            raise Http404
+        model = found_or_404(selectors.model_get(pk))
         roles.require(request.user, roles.EDIT_MODEL, model)
         serializer = ModelInput(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
@@ -287,9 +275,7 @@ class ModelDetailApi(APIView):
     @extend_schema(operation_id="models_deactivate", responses={204: None},
                    description="Deactivate the model. Its responses and grades are kept; PATCH is_active to undo.")
     def delete(self, request: Request, pk: int) -> Response:
-        model = selectors.model_get(pk)
-        if model is None:
-            raise Http404
+        model = found_or_404(selectors.model_get(pk))
         roles.require(request.user, roles.EDIT_MODEL, model)
         services.model_set_active(model=model, user=request.user, active=False)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -306,9 +292,7 @@ class ModelTestConnectionApi(APIView):
 
     @extend_schema(operation_id="models_test_connection", request=None, responses=ConnectionCheckOutput)
     def post(self, request: Request, pk: int) -> Response:
-        model = selectors.model_get(pk)
-        if model is None:
-            raise Http404
+        model = found_or_404(selectors.model_get(pk))
         roles.require(request.user, roles.EDIT_MODEL, model)
         result = services.model_test_connection(model=model, user=request.user)
         return Response(self.ConnectionCheckOutput({"ok": result.ok, "message": result.message, "models": list(result.models),

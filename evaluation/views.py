@@ -8,12 +8,13 @@ from typing import Any
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from avengers_web import roles
+from avengers_web.errors import found_or_404
 from avengers_web.service_errors import ServiceError, add_service_error
 from evaluation import selectors, services
 from evaluation.core.datasets import TASK_TYPES, DatasetFileError
@@ -34,9 +35,7 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
 
 
 def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    dataset = selectors.dataset_get(pk)
-    if dataset is None:
-        raise Http404("No such dataset")
+    dataset = found_or_404(selectors.dataset_get(pk), "No such dataset")
     split = request.GET.get("split", "")
     split = split if split in ("train", "test") else ""
     task_type = request.GET.get("task_type", "")
@@ -56,9 +55,7 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @roles.role_required(roles.EDIT_DATASET)
 def dataset_templates(request: HttpRequest, pk: int) -> HttpResponse:
-    dataset = selectors.dataset_get(pk)
-    if dataset is None:
-        raise Http404("No such dataset")
+    dataset = found_or_404(selectors.dataset_get(pk), "No such dataset")
     roles.require(request.user, roles.EDIT_DATASET, dataset)
     form = DatasetTemplatesForm(request.POST or None,
                                 initial={"prompt_templates": json.dumps(dataset.prompt_templates or {}, indent=1)})
@@ -99,17 +96,12 @@ def dataset_upload(request: HttpRequest) -> HttpResponse:
 
 
 def import_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    job = selectors.import_get(pk)
-    if job is None:
-        raise Http404("No such import")
+    job = found_or_404(selectors.import_get(pk), "No such import")
     return render(request, "evaluation/import_detail.html", {"job": job})
 
 
 def _model_or_404(pk: int) -> LanguageModel:
-    model = selectors.model_get(pk)
-    if model is None:
-        raise Http404("No such model")
-    return model
+    return found_or_404(selectors.model_get(pk), "No such model")
 
 
 def _model_to_edit(request: HttpRequest, pk: int) -> LanguageModel:

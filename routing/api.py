@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -15,6 +14,7 @@ from rest_framework.views import APIView
 
 from avengers_web import roles
 from avengers_web.api import Pagination, paginate
+from avengers_web.errors import found_or_404
 from evaluation.api import dataset_field, datasets_field, model_field, models_field
 from routing import embedding_jobs, selectors, services
 from routing.core.router import ROUTERS
@@ -22,10 +22,7 @@ from routing.models import EmbeddingJob, RouterSnapshot, SnapshotProfile
 
 
 def _snapshot_or_404(pk: int) -> RouterSnapshot:
-    snapshot = selectors.snapshot_get(pk)
-    if snapshot is None:
-        raise Http404
-    return snapshot
+    return found_or_404(selectors.snapshot_get(pk))
 
 
 class SnapshotOutput(serializers.ModelSerializer):
@@ -254,7 +251,5 @@ class EmbeddingJobCreateApi(APIView):
 class EmbeddingJobDetailApi(APIView):
     @extend_schema(operation_id="embedding_jobs_retrieve", responses=EmbeddingJobOutput)
     def get(self, request: Request, pk: int) -> Response:
-        job = EmbeddingJob.objects.filter(pk=pk).first()
-        if job is None:
-            raise Http404
+        job = found_or_404(EmbeddingJob.objects.filter(pk=pk).first())
         return Response(EmbeddingJobOutput(job).data)

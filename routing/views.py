@@ -9,12 +9,13 @@ from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from avengers_web import roles
+from avengers_web.errors import found_or_404
 from avengers_web.parsing import parse_id
 from avengers_web.service_errors import ServiceError, add_service_error, report_action
 from evaluation.models import Dataset, LanguageModel
@@ -30,17 +31,11 @@ HEATMAP_MAX_LABELLED = 64
 
 
 def _snapshot_or_404(pk: int) -> RouterSnapshot:
-    snapshot = selectors.snapshot_get(pk)
-    if snapshot is None:
-        raise Http404("No such snapshot")
-    return snapshot
+    return found_or_404(selectors.snapshot_get(pk), "No such snapshot")
 
 
 def _cluster_or_404(snapshot: RouterSnapshot, index: int) -> SnapshotCluster:
-    cluster = selectors.cluster_get(snapshot, index)
-    if cluster is None:
-        raise Http404("No such cluster")
-    return cluster
+    return found_or_404(selectors.cluster_get(snapshot, index), "No such cluster")
 
 
 def _sort(request: HttpRequest, keys: Collection[str], default: str) -> str:
@@ -68,9 +63,7 @@ def snapshot_detail(request: HttpRequest, pk: int) -> HttpResponse:
     comparison = None
     compare = parse_id(request.GET.get("compare", ""))
     if compare is not None and compare != snapshot.pk:
-        other = selectors.snapshot_get(compare)
-        if other is None:
-            raise Http404("No such snapshot to compare with")
+        other = found_or_404(selectors.snapshot_get(compare), "No such snapshot to compare with")
         comparison = selectors.snapshot_compare(snapshot, other)
     heldout = selectors.snapshot_heldout(snapshot)
     return render(request, "routing/snapshot_detail.html", {

@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from django.http import Http404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -13,6 +12,7 @@ from rest_framework.views import APIView
 
 from avengers_web import roles
 from avengers_web.api import Pagination, paginate
+from avengers_web.errors import found_or_404
 from evaluation import selectors
 from evaluation.api import dataset_field, models_field
 from evaluation.core.sampling import ALLOWED_PARAMS
@@ -90,10 +90,7 @@ class RunCreateInput(serializers.Serializer):
 
 
 def _run_or_404(pk: int) -> EvaluationRun:
-    run = selectors.run_get(pk)
-    if run is None:
-        raise Http404
-    return run
+    return found_or_404(selectors.run_get(pk))
 
 
 def _change_run(request: Request, pk: int, action: Callable[..., EvaluationRun]) -> Response:

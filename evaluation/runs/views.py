@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from avengers_web import roles
+from avengers_web.errors import found_or_404
 from avengers_web.service_errors import ServiceError, add_service_error, report_action
 from evaluation import selectors
 from evaluation.forms import EvaluationRunForm
@@ -19,10 +20,7 @@ VERDICTS = ("correct", "wrong", "ungraded", "failed")
 
 
 def _run_or_404(pk: int) -> EvaluationRun:
-    run = selectors.run_get(pk)
-    if run is None:
-        raise Http404("No such evaluation run")
-    return run
+    return found_or_404(selectors.run_get(pk), "No such evaluation run")
 
 
 def evaluation_list(request: HttpRequest) -> HttpResponse:
