@@ -37,6 +37,11 @@ def take(who: str, limit: int) -> float | None:
     return (window + 1) * WINDOW_S - now if count > limit else None
 
 
+def retry_after(wait_s: float) -> int:
+    """The whole seconds a Retry-After header (or a message) gives for ``wait_s``: rounded up, at least 1."""
+    return max(1, int(wait_s + 0.999))
+
+
 def take_for_user(user: Any) -> float | None:
     """The dashboard's routed queries (the playground) share the user's session count with the API."""
     return take(f"u{user.pk}", settings.RATE_LIMIT_PER_MINUTE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,22 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 ARTIFACTS = REPO / "test-artifacts"
+
+
+@pytest.fixture
+def pgdata() -> Iterator[Path]:
+    """A folder for a throw-away embedded PostgreSQL (``<tmp>/pg``, the server stopped afterwards).
+
+    Not in tmp_path: each pytest session that starts makes /tmp/pytest-of-USER private again, and under root the
+    server runs as another user, which then could not reach its folder.
+    """
+    from devtools import embedded_db
+
+    folder = Path(tempfile.mkdtemp(prefix="avengers-pg-test-"))
+    path = folder / "pg"
+    yield path
+    embedded_db.stop(path)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web.models import ApiToken
-from avengers_web.throttling import TokenRateThrottle
+from avengers_web.throttling import TokenRateThrottle, retry_after as retry_after_header
 from evaluation.core.grading import TASK_TYPES
 from routing.core.dispatch import STRATEGIES
 from routing.models import CATEGORY_CHARS, RoutingDecision
@@ -221,7 +221,7 @@ class ServingApi(APIView):
         response = super().handle_exception(exc)
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after:
-            response["Retry-After"] = str(max(1, int(retry_after + 0.999)))
+            response["Retry-After"] = str(retry_after_header(retry_after))
         return response
 
 

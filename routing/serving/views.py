@@ -78,11 +78,12 @@ def playground(request: HttpRequest) -> HttpResponse:
     error = None
     wait = throttling.take_for_user(request.user) if request.method == "POST" else None
     if wait is not None:
+        seconds = throttling.retry_after(wait)
         error = {"status": 429, "code": "throttled",
-                 "message": f"Too many queries this minute; try again in {max(1, int(wait + 0.999))} s."}
+                 "message": f"Too many queries this minute; try again in {seconds} s."}
         response = render(request, "routing/playground.html", {
             "form": form, "error": error, "result": None, "active": selectors.snapshot_active()}, status=429)
-        response["Retry-After"] = str(max(1, int(wait + 0.999)))
+        response["Retry-After"] = str(seconds)
         return response
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data

@@ -78,31 +78,17 @@ def test_check_deploy_gives_no_warning_with_production_settings() -> None:
     assert plain.returncode != 0 and "security.W004" in plain.stderr + plain.stdout
 
 
-@pytest.fixture
-def fresh_data_dir():  # type: ignore[no-untyped-def]
-    """A data folder that does not exist yet, outside tmp_path (see tests/devtools/test_embedded_db.py for why)."""
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    from devtools import embedded_db
-
-    folder = Path(tempfile.mkdtemp(prefix="avengers-settings-test-"))
-    yield folder / "data"
-    embedded_db.stop(folder / "data" / "pg")
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def test_importing_the_settings_starts_nothing_and_makes_no_folder(fresh_data_dir) -> None:  # type: ignore[no-untyped-def]
-    env = _settings_env(SECRET_KEY="x" * 60, AVENGERS_DATA_DIR=str(fresh_data_dir))
+def test_importing_the_settings_starts_nothing_and_makes_no_folder(pgdata) -> None:  # type: ignore[no-untyped-def]
+    data = pgdata.parent  # an empty folder; DATA_DIR/pg is pgdata
+    env = _settings_env(SECRET_KEY="x" * 60, AVENGERS_DATA_DIR=str(data))
     result = _run("import config.settings as s; print(s.DATABASES['default']['ENGINE'])", env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["config.embedded_postgres"]
-    assert not fresh_data_dir.exists()  # no server, no database, no static, broker or metrics folder
+    assert list(data.iterdir()) == []  # no server, no database, no static, broker or metrics folder
 
 
 def test_the_first_connection_starts_the_embedded_server_and_a_lost_server_is_started_again(
-        fresh_data_dir) -> None:  # type: ignore[no-untyped-def]
+        pgdata) -> None:  # type: ignore[no-untyped-def]
     code = """
 import json, django
 django.setup()
@@ -124,7 +110,7 @@ with connection.cursor() as cursor:
     seen += [cursor.fetchone()[0], embedded_db.is_running(pg)]
 print(json.dumps(seen))
 """
-    env = _settings_env(SECRET_KEY="x" * 60, AVENGERS_DATA_DIR=str(fresh_data_dir), AVENGERS_DB_NAME="first_use")
+    env = _settings_env(SECRET_KEY="x" * 60, AVENGERS_DATA_DIR=str(pgdata.parent), AVENGERS_DB_NAME="first_use")
     result = _run(code, env)
     assert result.returncode == 0, result.stderr
     import json

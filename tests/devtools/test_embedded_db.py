@@ -1,33 +1,19 @@
 """The embedded PostgreSQL comes up whatever state the last stop left: a server still shutting down, or the
-files of a server killed with SIGKILL (issue 14, item 11). Each test runs its own server in a temp folder."""
+files of a server killed with SIGKILL (issue 14, item 11). Each test runs its own server in a temp folder
+(the ``pgdata`` fixture, tests/conftest.py)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import psycopg
-import pytest
 
 from devtools import embedded_db
-
-
-@pytest.fixture
-def pgdata() -> Iterator[Path]:
-    # Not in tmp_path: each pytest session that starts makes /tmp/pytest-of-USER private again, and under root
-    # the server runs as another user, which then could not reach its folder.
-    folder = Path(tempfile.mkdtemp(prefix="avengers-pg-test-"))
-    path = folder / "pg"
-    yield path
-    embedded_db.stop(path)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def postmaster_pid(pgdata: Path) -> int:
