@@ -1,4 +1,4 @@
-"""Platform-wide tables: API tokens and the activity log shown on the overview page."""
+"""Platform-wide tables: API tokens and the activity log shown on the overview page; the base of background jobs."""
 from __future__ import annotations
 
 from django.conf import settings
@@ -53,3 +53,50 @@ class Platform(models.Model):
         managed = False
         default_permissions = ()
         permissions = [("manage_others", "Can change and control objects that other users own")]
+
+
+
+class Owned(models.Model):
+    """A row a user made: who (the owner, for roles) and when; newest first unless a table says otherwise."""
+
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-created_at"]
+
+
+class NamedResource(Owned):
+    """Something users register and edit by name (a dataset, a model): listed by name, shown as its name."""
+
+    name: str
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def job_statuses(*values: str) -> type[models.TextChoices]:
+    """The statuses a job goes through, in order: ``job_statuses("pending", "done")`` has ``PENDING = "pending"``."""
+    return models.TextChoices("Status", [(value.upper(), value) for value in values])
+
+
+class BackgroundJob(Owned):
+    """A job a worker runs: when it last started and when it ended (imports, evaluation runs, embedding jobs)."""
+
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status: str
+    ENDED: tuple[str, ...] = ("done", "failed")  # the statuses after which the job does nothing more
+
+    class Meta(Owned.Meta):
+        abstract = True
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.ENDED

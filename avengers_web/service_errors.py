@@ -1,8 +1,8 @@
 """The one error a service raises when its input is refused, and how forms and commands show it.
 
 The API answers it as a 400 naming the field (``avengers_web.api.exception_handler``); a form shows it on that
-field (``add_service_error``); a dashboard button shows it as a message (``report_action``); a management command
-stops with it (``command_errors``).
+field (``add_service_error``); a dashboard button shows it as a message (``report_action``, and ``object_button``
+for a button on one object's page); a management command stops with it (``command_errors``).
 """
 from __future__ import annotations
 
@@ -12,12 +12,16 @@ from typing import ParamSpec, TypeVar
 
 from django import forms
 from django.contrib import messages
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
+from avengers_web import roles
+
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class ServiceError(ValueError):
@@ -58,6 +62,15 @@ def report_action(request: HttpRequest, action: Callable[[], R], *, refused: str
         return None
     messages.success(request, done(result))
     return result
+
+
+def object_button(request: HttpRequest, target: T, permission: str, action: Callable[[T], R], *, refused: str,
+                  done: Callable[[R], str], back: str) -> HttpResponse:
+    """A button on one object's page: the user must hold ``permission`` on ``target`` (a 403 that says why);
+    ``action(target)`` runs as ``report_action`` runs it, then the browser goes back to the page named ``back``."""
+    roles.require(request.user, permission, target)
+    report_action(request, lambda: action(target), refused=refused, done=done)
+    return redirect(back, pk=target.pk)  # type: ignore[attr-defined]
 
 
 def command_errors(handle: Callable[P, R]) -> Callable[P, R]:

@@ -12,12 +12,15 @@ from rest_framework.views import APIView
 from avengers_web import roles
 from avengers_web.api import FileValidationError, NameOrIdField, NamesOrIdsField, Pagination, paginate
 from avengers_web.errors import found_or_404
+from avengers_web.routes import Routes
 from evaluation import selectors, services
 from evaluation.core.datasets import DatasetFileError
 from evaluation.core.endpoints import normalise_base_url
 from evaluation.core.sampling import ALLOWED_PARAMS
 from evaluation.core.secrets import url_without_credentials
-from evaluation.models import Dataset, LanguageModel, Query
+from evaluation.models import Dataset, DatasetImport, LanguageModel, Query
+
+endpoints = Routes()
 
 
 def _no_dataset(values: list[str]) -> str:
@@ -70,6 +73,7 @@ class ImportSummaryOutput(serializers.Serializer):
     responses_existing = serializers.IntegerField()
 
 
+@endpoints("datasets", name="api-datasets")
 class DatasetListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
     write_permissions = {"POST": roles.UPLOAD_DATASET}
@@ -102,6 +106,7 @@ class DatasetListCreateApi(APIView):
         return Response(ImportSummaryOutput(summary.as_dict()).data, status=status.HTTP_201_CREATED)
 
 
+@endpoints("datasets/<int:pk>", name="api-dataset-detail")
 class DatasetDetailApi(APIView):
     write_permissions = {"PATCH": roles.EDIT_DATASET}
 
@@ -148,6 +153,7 @@ class QueryOutput(serializers.ModelSerializer):
         return self.context.get("scores", {}).get(obj.pk, {})
 
 
+@endpoints("datasets/<int:pk>/queries", name="api-dataset-queries")
 class DatasetQueriesApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
     @extend_schema(operation_id="datasets_queries_list", responses=QueryOutput(many=True), parameters=[
@@ -166,19 +172,17 @@ class DatasetQueriesApi(APIView):
                         context=lambda page: {"scores": selectors.query_scores([q.pk for q in page])})
 
 
+@endpoints("imports/<int:pk>", name="api-import-detail")
 class DatasetImportDetailApi(APIView):
-    class ImportOutput(serializers.Serializer):
-        id = serializers.IntegerField()
-        filename = serializers.CharField()
-        size_bytes = serializers.IntegerField()
-        status = serializers.CharField()
-        total_lines = serializers.IntegerField(allow_null=True)
-        processed_lines = serializers.IntegerField()
-        message = serializers.CharField()
+    class ImportOutput(serializers.ModelSerializer):
         errors = serializers.ListField(child=serializers.DictField())
         summary = serializers.DictField()
-        created_at = serializers.DateTimeField()
-        finished_at = serializers.DateTimeField(allow_null=True)
+
+        class Meta:
+            model = DatasetImport
+            fields = ["id", "filename", "size_bytes", "status", "total_lines", "processed_lines", "message", "errors",
+                      "summary", "created_at", "finished_at"]
+            read_only_fields = fields
 
     @extend_schema(operation_id="imports_retrieve", responses=ImportOutput)
     def get(self, request: Request, pk: int) -> Response:
@@ -236,6 +240,7 @@ class ModelInput(serializers.Serializer):
             raise serializers.ValidationError(f"The URL {exc}.") from None
 
 
+@endpoints("models", name="api-models")
 class ModelListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
     write_permissions = {"POST": roles.REGISTER_MODEL}
@@ -255,6 +260,7 @@ class ModelListCreateApi(APIView):
         return Response(ModelOutput(selectors.model_get(model.pk)).data, status=status.HTTP_201_CREATED)
 
 
+@endpoints("models/<int:pk>", name="api-model-detail")
 class ModelDetailApi(APIView):
     write_permissions = {"PATCH": roles.EDIT_MODEL, "DELETE": roles.EDIT_MODEL}
 
@@ -281,6 +287,7 @@ class ModelDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+@endpoints("models/<int:pk>/test-connection", name="api-model-test-connection")
 class ModelTestConnectionApi(APIView):
     write_permissions = {"POST": roles.EDIT_MODEL}
 

@@ -1,12 +1,12 @@
 """Datasets, their queries and embeddings, model endpoints, and the models' graded responses."""
 from __future__ import annotations
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 from pgvector.django import VectorField
 
+from avengers_web.models import BackgroundJob, NamedResource, job_statuses
 from evaluation.core.datasets import NAME_PATTERN, SPLITS, TASK_TYPES
 from evaluation.core.endpoints import normalise_base_url
 from evaluation.core.prompts import validate_templates
@@ -30,7 +30,7 @@ def validate_base_url(value: str) -> None:
         raise ValidationError(f"The URL {exc}.") from None
 
 
-class Dataset(models.Model):
+class Dataset(NamedResource):
     name = models.CharField(max_length=100, unique=True, validators=[name_validator])
     description = models.TextField(blank=True)
     source = models.TextField(blank=True, help_text="Where the data comes from, and its licence.")
@@ -41,15 +41,6 @@ class Dataset(models.Model):
         default=dict, blank=True, validators=[validate_templates_field],
         help_text='Task type -> template with {query}; overrides the defaults for this dataset\'s queries.',
     )
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
 
 
 class Query(models.Model):
@@ -106,7 +97,7 @@ class QueryEmbedding(models.Model):
         return f"{self.query_id} @ {self.embedder}"
 
 
-class LanguageModel(models.Model):
+class LanguageModel(NamedResource):
     """A model the platform can call (an OpenAI-compatible endpoint) or an offline one known from records."""
 
     name = models.CharField(max_length=200, unique=True, validators=[name_validator])
@@ -129,15 +120,6 @@ class LanguageModel(models.Model):
     last_checked_at = models.DateTimeField(null=True, blank=True)
     last_check_ok = models.BooleanField(null=True, blank=True)
     last_check_message = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
-
-    class Meta:
-        ordering = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
 
     def __repr__(self) -> str:
         # Never let the API key reach a log line through repr().
@@ -208,15 +190,10 @@ class ModelResponse(models.Model):
         return bool(self.error)
 
 
-class DatasetImport(models.Model):
+class DatasetImport(BackgroundJob):
     """An upload being validated and written by a worker; the dashboard polls it for progress."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        VALIDATING = "validating"
-        WRITING = "writing"
-        DONE = "done"
-        FAILED = "failed"
+    Status = job_statuses("pending", "validating", "writing", "done", "failed")
 
     filename = models.CharField(max_length=255)
     size_bytes = models.PositiveBigIntegerField()
@@ -229,30 +206,16 @@ class DatasetImport(models.Model):
     message = models.TextField(blank=True)
     errors = models.JSONField(default=list, blank=True)
     summary = models.JSONField(default=dict, blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"import {self.pk} of {self.filename} ({self.status})"
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (self.Status.DONE, self.Status.FAILED)
 
-
-class EvaluationRun(models.Model):
+class EvaluationRun(BackgroundJob):
     """Models x one dataset's split x samples, generated and graded by workers; resumable and cancellable."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        RUNNING = "running"
-        CANCELLED = "cancelled"
-        DONE = "done"
+    Status = job_statuses("pending", "running", "cancelled", "done")
+    ENDED = ("cancelled", "done")
 
     class Split(models.TextChoices):
         TRAIN = "train"
@@ -271,14 +234,8 @@ class EvaluationRun(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     message = models.TextField(blank=True)
     language_models = models.ManyToManyField(LanguageModel, through="EvaluationRunModel", related_name="evaluation_runs")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True, help_text="When it was last started or resumed.")
-    finished_at = models.DateTimeField(null=True, blank=True)
     completed_at_start = models.PositiveIntegerField(default=0, help_text="Samples already finished when (re)started.")
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"run {self.pk} on {self.dataset_id} ({self.status})"
@@ -308,10 +265,7 @@ class EvaluationRunModel(models.Model):
 class EvaluationBatch(models.Model):
     """A slice of a run's queries for one model: the unit a worker claims, heartbeats and finishes."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        RUNNING = "running"
-        DONE = "done"
+    Status = job_statuses("pending", "running", "done")
 
     run = models.ForeignKey(EvaluationRun, on_delete=models.CASCADE, related_name="batches")
     model = models.ForeignKey(LanguageModel, on_delete=models.CASCADE, related_name="+")

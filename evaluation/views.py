@@ -11,10 +11,10 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_POST
 
 from avengers_web import roles
 from avengers_web.errors import found_or_404
+from avengers_web.routes import Routes
 from avengers_web.service_errors import ServiceError, add_service_error
 from evaluation import selectors, services
 from evaluation.core.datasets import TASK_TYPES, DatasetFileError
@@ -22,18 +22,22 @@ from evaluation.core.prompts import DEFAULT_TEMPLATES
 from evaluation.forms import DatasetTemplatesForm, DatasetUploadForm, ModelForm
 from evaluation.models import LanguageModel
 
+pages = Routes()
+
 # Apps that build on evaluation add to the model page here (routing adds the model's routing profile),
 # because evaluation never imports them.
 ModelPageExtra = Callable[[HttpRequest, LanguageModel], dict[str, Any]]
 MODEL_PAGE_EXTRAS: list[ModelPageExtra] = []
 
 
+@pages("datasets/", name="dataset-list")
 def dataset_list(request: HttpRequest) -> HttpResponse:
     return render(request, "evaluation/dataset_list.html", {
         "datasets": selectors.dataset_list(), "imports": selectors.import_recent(5),
     })
 
 
+@pages("datasets/<int:pk>/", name="dataset-detail")
 def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = found_or_404(selectors.dataset_get(pk), "No such dataset")
     split = request.GET.get("split", "")
@@ -53,7 +57,7 @@ def dataset_detail(request: HttpRequest, pk: int) -> HttpResponse:
     })
 
 
-@roles.role_required(roles.EDIT_DATASET)
+@pages("datasets/<int:pk>/templates/", name="dataset-templates", role=roles.EDIT_DATASET)
 def dataset_templates(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = found_or_404(selectors.dataset_get(pk), "No such dataset")
     roles.require(request.user, roles.EDIT_DATASET, dataset)
@@ -68,7 +72,7 @@ def dataset_templates(request: HttpRequest, pk: int) -> HttpResponse:
     })
 
 
-@roles.role_required(roles.UPLOAD_DATASET)
+@pages("datasets/upload/", name="dataset-upload", role=roles.UPLOAD_DATASET)
 def dataset_upload(request: HttpRequest) -> HttpResponse:
     wants_json = request.headers.get("Accept", "").startswith("application/json")
     if request.method == "POST":
@@ -95,6 +99,7 @@ def dataset_upload(request: HttpRequest) -> HttpResponse:
     return render(request, "evaluation/dataset_upload.html", {"form": form})
 
 
+@pages("imports/<int:pk>/", name="import-detail")
 def import_detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = found_or_404(selectors.import_get(pk), "No such import")
     return render(request, "evaluation/import_detail.html", {"job": job})
@@ -111,10 +116,12 @@ def _model_to_edit(request: HttpRequest, pk: int) -> LanguageModel:
     return model
 
 
+@pages("models/", name="model-list")
 def model_list(request: HttpRequest) -> HttpResponse:
     return render(request, "evaluation/model_list.html", {"models": selectors.model_list()})
 
 
+@pages("models/<int:pk>/", name="model-detail")
 def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     model = _model_or_404(pk)
     context: dict[str, Any] = {
@@ -126,7 +133,7 @@ def model_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "evaluation/model_detail.html", context)
 
 
-@roles.role_required(roles.REGISTER_MODEL)
+@pages("models/new/", name="model-create", role=roles.REGISTER_MODEL)
 def model_create(request: HttpRequest) -> HttpResponse:
     form = ModelForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -142,7 +149,7 @@ def model_create(request: HttpRequest) -> HttpResponse:
     return render(request, "evaluation/model_form.html", {"form": form, "title": "Register a model"})
 
 
-@roles.role_required(roles.EDIT_MODEL)
+@pages("models/<int:pk>/edit/", name="model-edit", role=roles.EDIT_MODEL)
 def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
     model = _model_to_edit(request, pk)
     form = ModelForm(request.POST or None, instance=model)
@@ -157,8 +164,7 @@ def model_edit(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "evaluation/model_form.html", {"form": form, "title": f"Edit {model.name}", "model": model})
 
 
-@roles.role_required(roles.EDIT_MODEL)
-@require_POST
+@pages("models/<int:pk>/toggle-active/", name="model-toggle-active", role=roles.EDIT_MODEL, post_only=True)
 def model_toggle_active(request: HttpRequest, pk: int) -> HttpResponse:
     model = _model_to_edit(request, pk)
     services.model_set_active(model=model, user=request.user, active=not model.is_active)
@@ -166,8 +172,7 @@ def model_toggle_active(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("model-detail", pk=pk)
 
 
-@roles.role_required(roles.EDIT_MODEL)
-@require_POST
+@pages("models/<int:pk>/test-connection/", name="model-test-connection", role=roles.EDIT_MODEL, post_only=True)
 def model_test_connection(request: HttpRequest, pk: int) -> HttpResponse:
     model = _model_to_edit(request, pk)
     result = services.model_test_connection(model=model, user=request.user)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,14 +15,22 @@ from rest_framework.views import APIView
 from avengers_web import roles
 from avengers_web.api import Pagination, paginate
 from avengers_web.errors import found_or_404
+from avengers_web.routes import Routes
 from evaluation.api import dataset_field, datasets_field, model_field, models_field
 from routing import embedding_jobs, selectors, services
 from routing.core.router import ROUTERS
 from routing.models import EmbeddingJob, RouterSnapshot, SnapshotProfile
 
+endpoints = Routes()
+
 
 def _snapshot_or_404(pk: int) -> RouterSnapshot:
     return found_or_404(selectors.snapshot_get(pk))
+
+
+def _snapshot_as_stored(pk: int, code: int = status.HTTP_200_OK) -> Response:
+    """Answer with the snapshot as the database holds it now (after a build, a derivation or an activation)."""
+    return Response(SnapshotOutput(_snapshot_or_404(pk)).data, status=code)
 
 
 class SnapshotOutput(serializers.ModelSerializer):
@@ -69,6 +77,7 @@ class SnapshotCreateInput(serializers.Serializer):
                                                     'infinity as "inf".')
 
 
+@endpoints("snapshots", name="api-snapshots")
 class SnapshotListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
     write_permissions = {"POST": roles.BUILD_SNAPSHOT}
@@ -90,21 +99,22 @@ class SnapshotListCreateApi(APIView):
             team_size=data.get("team_size"), team=data.get("team"), label=data["label"], user=request.user,
             router=data["router"], router_params=data["router_params"],
         )
-        return Response(SnapshotOutput(_snapshot_or_404(snapshot.pk)).data, status=status.HTTP_201_CREATED)
+        return _snapshot_as_stored(snapshot.pk, status.HTTP_201_CREATED)
 
 
+@endpoints("snapshots/<int:pk>", name="api-snapshot-detail")
 class SnapshotDetailApi(APIView):
     @extend_schema(operation_id="snapshots_retrieve", responses=SnapshotOutput)
     def get(self, request: Request, pk: int) -> Response:
-        return Response(SnapshotOutput(_snapshot_or_404(pk)).data)
+        return _snapshot_as_stored(pk)
 
 
 def _derive(request: Request, pk: int, action: Callable[..., RouterSnapshot], **arguments: Any) -> Response:
     result = action(snapshot=_snapshot_or_404(pk), user=request.user, **arguments)
-    return Response(SnapshotOutput(_snapshot_or_404(result.pk)).data,
-                    status=status.HTTP_200_OK if result.pk == pk else status.HTTP_201_CREATED)
+    return _snapshot_as_stored(result.pk, status.HTTP_200_OK if result.pk == pk else status.HTTP_201_CREATED)
 
 
+@endpoints("snapshots/<int:pk>/activate", name="api-snapshot-activate")
 class SnapshotActivateApi(APIView):
     write_permissions = {"POST": roles.ACTIVATE_SNAPSHOT}
 
@@ -115,34 +125,45 @@ class SnapshotActivateApi(APIView):
         return _derive(request, pk, services.snapshot_activate)
 
 
-class SnapshotAddModelApi(APIView):
+class _DeriveApi(APIView):
+    """Derive a snapshot from this one with what the body names; 200 with this one when nothing would change."""
+
     write_permissions = {"POST": roles.BUILD_SNAPSHOT}
+    input_serializer: type[serializers.Serializer]
+    derive: Callable[..., RouterSnapshot]  # a service: (snapshot=, user=, **the body's fields) -> the snapshot
 
-    class AddModelInput(serializers.Serializer):
-        model = model_field(help_text="Model name or id.")
-
-    @extend_schema(operation_id="snapshots_add_model", request=AddModelInput, responses={201: SnapshotOutput},
-                   description="Derive a snapshot with the same clusters and this model's profile added; the model "
-                               "is evaluated first on the train queries it has no results for.")
     def post(self, request: Request, pk: int) -> Response:
-        serializer = self.AddModelInput(data=request.data)
+        serializer = self.input_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return _derive(request, pk, services.snapshot_add_model, model=serializer.validated_data["model"])
+        return _derive(request, pk, type(self).derive, **serializer.validated_data)
 
 
-class SnapshotAddDatasetApi(APIView):
-    write_permissions = {"POST": roles.BUILD_SNAPSHOT}
+class AddModelInput(serializers.Serializer):
+    model = model_field(help_text="Model name or id.")
 
-    class AddDatasetInput(serializers.Serializer):
-        dataset = dataset_field(help_text="Dataset name or id.")
 
-    @extend_schema(operation_id="snapshots_add_dataset", request=AddDatasetInput, responses={201: SnapshotOutput},
-                   description="Derive a snapshot over the union of datasets, re-clustered, after embedding the new "
-                               "queries and evaluating the pool on its train split.")
-    def post(self, request: Request, pk: int) -> Response:
-        serializer = self.AddDatasetInput(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        return _derive(request, pk, services.snapshot_add_dataset, dataset=serializer.validated_data["dataset"])
+@endpoints("snapshots/<int:pk>/add-model", name="api-snapshot-add-model")
+@extend_schema_view(post=extend_schema(
+    operation_id="snapshots_add_model", request=AddModelInput, responses={201: SnapshotOutput},
+    description="Derive a snapshot with the same clusters and this model's profile added; the model is evaluated "
+                "first on the train queries it has no results for."))
+class SnapshotAddModelApi(_DeriveApi):
+    input_serializer = AddModelInput
+    derive = services.snapshot_add_model
+
+
+class AddDatasetInput(serializers.Serializer):
+    dataset = dataset_field(help_text="Dataset name or id.")
+
+
+@endpoints("snapshots/<int:pk>/add-dataset", name="api-snapshot-add-dataset")
+@extend_schema_view(post=extend_schema(
+    operation_id="snapshots_add_dataset", request=AddDatasetInput, responses={201: SnapshotOutput},
+    description="Derive a snapshot over the union of datasets, re-clustered, after embedding the new queries and "
+                "evaluating the pool on its train split."))
+class SnapshotAddDatasetApi(_DeriveApi):
+    input_serializer = AddDatasetInput
+    derive = services.snapshot_add_dataset
 
 
 class LeaderboardEntry(serializers.Serializer):
@@ -163,6 +184,7 @@ class ClusterOutput(serializers.Serializer):
     leaderboard = LeaderboardEntry(many=True)
 
 
+@endpoints("snapshots/<int:pk>/clusters", name="api-snapshot-clusters")
 class SnapshotClustersApi(APIView):
     @extend_schema(operation_id="snapshots_clusters_list", responses=ClusterOutput(many=True),
                    description="Every cluster with its size, datasets and the models ranked by score.")
@@ -187,6 +209,7 @@ class ProfileOutput(serializers.Serializer):
     rank = serializers.IntegerField()
 
 
+@endpoints("snapshots/<int:pk>/profiles", name="api-snapshot-profiles")
 class SnapshotProfilesApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
     @extend_schema(operation_id="snapshots_profiles_list", responses=ProfileOutput(many=True),
@@ -206,6 +229,7 @@ class HeldoutOutput(serializers.Serializer):
                                     help_text="Method -> per_dataset accuracy, in_distribution, out_of_distribution.")
 
 
+@endpoints("snapshots/<int:pk>/heldout", name="api-snapshot-heldout")
 class SnapshotHeldoutApi(APIView):
     @extend_schema(operation_id="snapshots_heldout_retrieve", responses=HeldoutOutput,
                    description="Accuracy on the test split of the snapshot's datasets (the stored scores, no "
@@ -230,6 +254,7 @@ class EmbeddingJobOutput(serializers.ModelSerializer):
         return sorted(d.name for d in job.datasets.all())
 
 
+@endpoints("embedding-jobs", name="api-embedding-jobs")
 class EmbeddingJobCreateApi(APIView):
     write_permissions = {"POST": roles.EMBED}
 
@@ -248,6 +273,7 @@ class EmbeddingJobCreateApi(APIView):
         return Response(EmbeddingJobOutput(job).data, status=status.HTTP_201_CREATED)
 
 
+@endpoints("embedding-jobs/<int:pk>", name="api-embedding-job-detail")
 class EmbeddingJobDetailApi(APIView):
     @extend_schema(operation_id="embedding_jobs_retrieve", responses=EmbeddingJobOutput)
     def get(self, request: Request, pk: int) -> Response:

@@ -16,17 +16,14 @@ from django.db.models.signals import m2m_changed
 from django.dispatch import receiver
 from pgvector.django import VectorField
 
+from avengers_web.models import BackgroundJob, Owned, job_statuses
 from evaluation.models import Dataset, EvaluationRun, LanguageModel, Query
 
 
-class EmbeddingJob(models.Model):
+class EmbeddingJob(BackgroundJob):
     """Embed every query of some datasets that has no vector yet under one embedder."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        RUNNING = "running"
-        DONE = "done"
-        FAILED = "failed"
+    Status = job_statuses("pending", "running", "done", "failed")
 
     embedder = models.CharField(max_length=100)
     datasets = models.ManyToManyField(Dataset, related_name="embedding_jobs")
@@ -34,21 +31,10 @@ class EmbeddingJob(models.Model):
     total = models.PositiveIntegerField(default=0, help_text="Queries without a vector when the job started.")
     done = models.PositiveIntegerField(default=0)
     message = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"embedding job {self.pk} ({self.embedder}, {self.status})"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (self.Status.DONE, self.Status.FAILED)
 
 
 def _differs(field: models.Field[Any, Any], value: Any, stored: Any) -> bool:
@@ -63,7 +49,7 @@ class SnapshotImmutable(ValueError):
     """A change to what a snapshot routes with: only the build service writes it, and only while building."""
 
 
-class RouterSnapshot(models.Model):
+class RouterSnapshot(Owned):
     """One calibration: embedder, clustering, the queries and models it covers, clusters and profiles."""
 
     class Status(models.TextChoices):
@@ -119,8 +105,6 @@ class RouterSnapshot(models.Model):
     revision = models.PositiveIntegerField(
         default=0, editable=False,
         help_text="Counts the changes since the build (label, activation); each web process reloads on a change.")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     # What save() may change on an existing row; everything else is the build service's (QuerySet.update()).

@@ -12,18 +12,20 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_POST
 
 from avengers_web import roles
 from avengers_web.errors import found_or_404
 from avengers_web.parsing import parse_id
-from avengers_web.service_errors import ServiceError, add_service_error, report_action
+from avengers_web.routes import Routes
+from avengers_web.service_errors import ServiceError, add_service_error, object_button, report_action
 from evaluation.models import Dataset, LanguageModel
 from routing import selectors, services
 from routing.core.clustering import CLUSTERING_METHODS
 from routing.core.embedding import EMBEDDERS
 from routing.core.router import ROUTERS
 from routing.models import EmbeddingJob, RouterSnapshot, SnapshotCluster
+
+pages = Routes()
 
 PAGE_SIZE = 25
 # Above this many clusters the heatmap's cells are too narrow for their values; colour and the legend remain.
@@ -48,6 +50,7 @@ def _follow(snapshot: RouterSnapshot) -> bool:
     return not snapshot.is_finished
 
 
+@pages("snapshots/", name="snapshot-list")
 def snapshot_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.snapshot_list(), PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [(s, selectors.heldout_in_distribution(s)) for s in page]
@@ -58,6 +61,7 @@ def snapshot_list(request: HttpRequest) -> HttpResponse:
     })
 
 
+@pages("snapshots/<int:pk>/", name="snapshot-detail")
 def snapshot_detail(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _snapshot_or_404(pk)
     comparison = None
@@ -91,16 +95,16 @@ def _heldout_chart(heldout: selectors.HeldoutTable) -> dict[str, Any] | None:
             "horizontal": True, "title": "In-distribution accuracy on the test split", "y_title": "accuracy (%)"}
 
 
-@roles.role_required(roles.ACTIVATE_SNAPSHOT)
-@require_POST
+@pages("snapshots/<int:pk>/activate/", name="snapshot-activate", role=roles.ACTIVATE_SNAPSHOT, post_only=True)
 def snapshot_activate(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _snapshot_or_404(pk)
-    roles.require(request.user, roles.ACTIVATE_SNAPSHOT, snapshot)
-    report_action(request, lambda: services.snapshot_activate(snapshot=snapshot, user=request.user),
-                  refused=f"Could not activate {snapshot}", done=lambda _: f"{snapshot} is now the active router.")
-    return redirect("snapshot-detail", pk=pk)
+    return object_button(request, snapshot, roles.ACTIVATE_SNAPSHOT,
+                         lambda target: services.snapshot_activate(snapshot=target, user=request.user),
+                         refused=f"Could not activate {snapshot}", back="snapshot-detail",
+                         done=lambda _: f"{snapshot} is now the active router.")
 
 
+@pages("snapshots/<int:pk>/clusters/", name="snapshot-clusters")
 def snapshot_clusters(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _snapshot_or_404(pk)
     sort = _sort(request, selectors.CLUSTER_SORTS, "index")
@@ -109,6 +113,7 @@ def snapshot_clusters(request: HttpRequest, pk: int) -> HttpResponse:
     })
 
 
+@pages("snapshots/<int:pk>/clusters/<int:index>/", name="cluster-detail")
 def cluster_detail(request: HttpRequest, pk: int, index: int) -> HttpResponse:
     snapshot = _snapshot_or_404(pk)
     cluster = _cluster_or_404(snapshot, index)
@@ -122,6 +127,7 @@ def cluster_detail(request: HttpRequest, pk: int, index: int) -> HttpResponse:
     })
 
 
+@pages("snapshots/<int:pk>/heatmap/", name="snapshot-heatmap")
 def snapshot_heatmap(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _snapshot_or_404(pk)
     heatmap = selectors.snapshot_heatmap(snapshot)
@@ -131,6 +137,7 @@ def snapshot_heatmap(request: HttpRequest, pk: int) -> HttpResponse:
     })
 
 
+@pages("snapshots/<int:pk>/map/", name="snapshot-map")
 def snapshot_map(request: HttpRequest, pk: int) -> HttpResponse:
     snapshot = _snapshot_or_404(pk)
     data = selectors.snapshot_map(snapshot)
@@ -188,7 +195,7 @@ class SnapshotForm(forms.Form):
     label = forms.CharField(required=False, max_length=200)
 
 
-@roles.role_required(roles.BUILD_SNAPSHOT)
+@pages("snapshots/new/", name="snapshot-create", role=roles.BUILD_SNAPSHOT)
 def snapshot_create(request: HttpRequest) -> HttpResponse:
     form = SnapshotForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -208,8 +215,7 @@ def snapshot_create(request: HttpRequest) -> HttpResponse:
     return render(request, "routing/snapshot_form.html", {"form": form})
 
 
-@roles.role_required(roles.BUILD_SNAPSHOT)
-@require_POST
+@pages("snapshots/<int:pk>/derive/", name="snapshot-derive", role=roles.BUILD_SNAPSHOT, post_only=True)
 def snapshot_derive(request: HttpRequest, pk: int) -> HttpResponse:
     """Add a model (same clusters) or a dataset (re-clustered): one action, a new snapshot."""
     snapshot = _snapshot_or_404(pk)

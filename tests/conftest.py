@@ -188,12 +188,10 @@ def celery_worker_process(redis, django_db_setup, django_db_blocker) -> Iterator
 
 
 def stop_worker(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    """Stop a Celery worker: SIGTERM, and SIGKILL if it has not finished after 20 s."""
+    from tests.support.servers import stop_process
+
+    stop_process(process, timeout=20)
 
 
 @contextlib.contextmanager

@@ -13,19 +13,26 @@ from rest_framework.views import APIView
 from avengers_web import roles
 from avengers_web.api import Pagination, paginate
 from avengers_web.errors import found_or_404
+from avengers_web.routes import Routes
 from evaluation import selectors
 from evaluation.api import dataset_field, models_field
 from evaluation.core.sampling import ALLOWED_PARAMS
 from evaluation.models import EvaluationRun, ModelResponse
 from evaluation.runs import services
 
+endpoints = Routes()
 
-class ModelProgressOutput(serializers.Serializer):
-    model_id = serializers.IntegerField()
-    model_name = serializers.CharField()
+
+# What a run and each of its models count: samples answered, failed, and answered from the cache.
+class SampleCountsOutput(serializers.Serializer):
     done = serializers.IntegerField()
     failed = serializers.IntegerField()
     cached = serializers.IntegerField()
+
+
+class ModelProgressOutput(SampleCountsOutput):
+    model_id = serializers.IntegerField()
+    model_name = serializers.CharField()
     graded = serializers.IntegerField()
     correct = serializers.IntegerField()
     mean_score = serializers.FloatField(allow_null=True, help_text="Mean score of the graded samples (accuracy).")
@@ -33,11 +40,8 @@ class ModelProgressOutput(serializers.Serializer):
     completion_tokens = serializers.IntegerField()
 
 
-class ProgressOutput(serializers.Serializer):
+class ProgressOutput(SampleCountsOutput):
     total = serializers.IntegerField()
-    done = serializers.IntegerField()
-    failed = serializers.IntegerField()
-    cached = serializers.IntegerField()
     remaining = serializers.IntegerField()
     fraction = serializers.FloatField()
     rate_per_s = serializers.FloatField(allow_null=True, help_text="Samples finished per second since (re)start.")
@@ -46,24 +50,19 @@ class ProgressOutput(serializers.Serializer):
     batches = serializers.DictField(child=serializers.IntegerField())
 
 
-class RunOutput(serializers.Serializer):
-    id = serializers.IntegerField()
+class RunOutput(serializers.ModelSerializer):
     dataset = serializers.CharField(source="dataset.name")
     dataset_id = serializers.IntegerField()
-    split = serializers.CharField()
-    samples = serializers.IntegerField()
     params = serializers.DictField()
-    use_cache = serializers.BooleanField()
-    limit = serializers.IntegerField(allow_null=True)
-    n_queries = serializers.IntegerField()
-    status = serializers.CharField()
-    message = serializers.CharField()
     models = serializers.SerializerMethodField()
     created_by = serializers.CharField(source="created_by.username", allow_null=True, default=None)
-    created_at = serializers.DateTimeField()
-    started_at = serializers.DateTimeField(allow_null=True)
-    finished_at = serializers.DateTimeField(allow_null=True)
     progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = EvaluationRun
+        fields = ["id", "dataset", "dataset_id", "split", "samples", "params", "use_cache", "limit", "n_queries",
+                  "status", "message", "models", "created_by", "created_at", "started_at", "finished_at", "progress"]
+        read_only_fields = fields
 
     def get_models(self, run: EvaluationRun) -> list[str]:
         return [rm.model.name for rm in run.run_models.all()]
@@ -93,14 +92,20 @@ def _run_or_404(pk: int) -> EvaluationRun:
     return found_or_404(selectors.run_get(pk))
 
 
+def _run_as_stored(pk: int, code: int = status.HTTP_200_OK) -> Response:
+    """Answer with the run as the database holds it now (after a service changed it: fresh counts and status)."""
+    return Response(RunOutput(_run_or_404(pk)).data, status=code)
+
+
 def _change_run(request: Request, pk: int, action: Callable[..., EvaluationRun]) -> Response:
     """Apply a service (cancel, resume) to the run and answer with the run as it is now."""
     run = _run_or_404(pk)
     roles.require(request.user, roles.CONTROL_RUN, run)
     action(run=run, user=request.user)
-    return Response(RunOutput(_run_or_404(pk)).data)
+    return _run_as_stored(pk)
 
 
+@endpoints("evaluations", name="api-evaluations")
 class RunListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
     write_permissions = {"POST": roles.START_RUN}
@@ -122,15 +127,17 @@ class RunListCreateApi(APIView):
             params=data["params"], use_cache=data["use_cache"], limit=data.get("limit"), batch_size=data["batch_size"],
             user=request.user,
         )
-        return Response(RunOutput(_run_or_404(run.pk)).data, status=status.HTTP_201_CREATED)
+        return _run_as_stored(run.pk, status.HTTP_201_CREATED)
 
 
+@endpoints("evaluations/<int:pk>", name="api-evaluation-detail")
 class RunDetailApi(APIView):
     @extend_schema(operation_id="evaluations_retrieve", responses=RunOutput)
     def get(self, request: Request, pk: int) -> Response:
-        return Response(RunOutput(_run_or_404(pk)).data)
+        return _run_as_stored(pk)
 
 
+@endpoints("evaluations/<int:pk>/cancel", name="api-evaluation-cancel")
 class RunCancelApi(APIView):
     write_permissions = {"POST": roles.CONTROL_RUN}
 
@@ -140,6 +147,7 @@ class RunCancelApi(APIView):
         return _change_run(request, pk, services.evaluation_run_cancel)
 
 
+@endpoints("evaluations/<int:pk>/resume", name="api-evaluation-resume")
 class RunResumeApi(APIView):
     write_permissions = {"POST": roles.CONTROL_RUN}
 
@@ -165,6 +173,7 @@ class SampleOutput(serializers.ModelSerializer):
                   "created_at"]
 
 
+@endpoints("evaluations/<int:pk>/samples", name="api-evaluation-samples")
 class RunSamplesApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
     @extend_schema(operation_id="evaluations_samples_list", responses=SampleOutput(many=True), parameters=[

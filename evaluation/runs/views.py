@@ -5,15 +5,17 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
 
 from avengers_web import roles
 from avengers_web.errors import found_or_404
-from avengers_web.service_errors import ServiceError, add_service_error, report_action
+from avengers_web.routes import Routes
+from avengers_web.service_errors import ServiceError, add_service_error, object_button
 from evaluation import selectors
 from evaluation.forms import EvaluationRunForm
 from evaluation.models import EvaluationRun
 from evaluation.runs import services
+
+pages = Routes()
 
 PAGE_SIZE = 25
 VERDICTS = ("correct", "wrong", "ungraded", "failed")
@@ -23,6 +25,7 @@ def _run_or_404(pk: int) -> EvaluationRun:
     return found_or_404(selectors.run_get(pk), "No such evaluation run")
 
 
+@pages("evaluations/", name="evaluation-list")
 def evaluation_list(request: HttpRequest) -> HttpResponse:
     status = request.GET.get("status", "")
     status = status if status in EvaluationRun.Status.values else ""
@@ -33,7 +36,7 @@ def evaluation_list(request: HttpRequest) -> HttpResponse:
     })
 
 
-@roles.role_required(roles.START_RUN)
+@pages("evaluations/new/", name="evaluation-create", role=roles.START_RUN)
 def evaluation_create(request: HttpRequest) -> HttpResponse:
     initial = {"dataset": request.GET.get("dataset"), "models": request.GET.getlist("model")}
     datasets, models = selectors.dataset_list(), selectors.run_model_choices()
@@ -55,6 +58,7 @@ def evaluation_create(request: HttpRequest) -> HttpResponse:
     })
 
 
+@pages("evaluations/<int:pk>/", name="evaluation-detail")
 def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     run = _run_or_404(pk)
     progress = selectors.run_progress(run)
@@ -70,27 +74,26 @@ def evaluation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     })
 
 
-@roles.role_required(roles.CONTROL_RUN)
-@require_POST
+@pages("evaluations/<int:pk>/cancel/", name="evaluation-cancel", role=roles.CONTROL_RUN, post_only=True)
 def evaluation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
-    run = _run_or_404(pk)
-    roles.require(request.user, roles.CONTROL_RUN, run)
-    report_action(request, lambda: services.evaluation_run_cancel(run=run, user=request.user), refused="Could not cancel",
-                  done=lambda _: f"Cancelled evaluation {run.pk}; the requests in flight are still saved.")
-    return redirect("evaluation-detail", pk=pk)
+    return object_button(request, _run_or_404(pk), roles.CONTROL_RUN,
+                         lambda run: services.evaluation_run_cancel(run=run, user=request.user),
+                         refused="Could not cancel", back="evaluation-detail",
+                         done=lambda _: f"Cancelled evaluation {pk}; the requests in flight are still saved.")
 
 
-@roles.role_required(roles.CONTROL_RUN)
-@require_POST
+@pages("evaluations/<int:pk>/resume/", name="evaluation-resume", role=roles.CONTROL_RUN, post_only=True)
 def evaluation_resume(request: HttpRequest, pk: int) -> HttpResponse:
-    run = _run_or_404(pk)
-    roles.require(request.user, roles.CONTROL_RUN, run)
-    report_action(request, lambda: services.evaluation_run_resume(run=run, user=request.user), refused="Could not resume",
-                  done=lambda resumed: f"Resumed evaluation {resumed.pk}: " + (
-                      resumed.message or "only the missing and failed samples are asked again."))
-    return redirect("evaluation-detail", pk=pk)
+    def done(resumed: EvaluationRun) -> str:
+        return f"Resumed evaluation {resumed.pk}: " + (
+            resumed.message or "only the missing and failed samples are asked again.")
+
+    return object_button(request, _run_or_404(pk), roles.CONTROL_RUN,
+                         lambda run: services.evaluation_run_resume(run=run, user=request.user),
+                         refused="Could not resume", back="evaluation-detail", done=done)
 
 
+@pages("evaluations/<int:pk>/samples/", name="evaluation-samples")
 def evaluation_samples(request: HttpRequest, pk: int) -> HttpResponse:
     run = _run_or_404(pk)
     model = request.GET.get("model", "")

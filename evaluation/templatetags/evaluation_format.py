@@ -5,6 +5,7 @@ import json
 
 from django import template
 
+from avengers_web.formatting import UNKNOWN, known_only
 from evaluation.core.secrets import url_without_credentials
 
 register = template.Library()
@@ -14,31 +15,30 @@ register = template.Library()
 def percent(numerator: int | None, denominator: int | None) -> str:
     """Return numerator/denominator as a percentage with one decimal, rounded half up; "–" without a denominator."""
     if not denominator or numerator is None:
-        return "–"
+        return UNKNOWN
     # Integer arithmetic rounds half up like JavaScript's Math.round, so the page and the script agree.
     tenths = (2000 * numerator + denominator) // (2 * denominator)
     return f"{tenths // 10}.{tenths % 10}%"
 
 
 @register.filter
-def whole_percent(fraction: float | None) -> str:
-    """Return a fraction in [0, 1] as a whole percentage, e.g. "45%"."""
-    if fraction is None:
-        return "–"
+@known_only
+def whole_percent(fraction: float) -> str:
+    """Return a fraction in [0, 1] as a whole percentage, e.g. "45%"; "–" when unknown."""
     return f"{int(fraction * 100 + 0.5)}%"
 
 
 @register.filter
-def rate(per_second: float | None) -> str:
-    """Return samples per second with one decimal, or "–" before the first sample."""
-    return "–" if per_second is None else f"{int(per_second * 10 + 0.5) / 10:.1f}/s"
+@known_only
+def rate(per_second: float) -> str:
+    """Return samples per second with one decimal; "–" before the first sample."""
+    return f"{int(per_second * 10 + 0.5) / 10:.1f}/s"
 
 
 @register.filter
-def duration(seconds: float | None) -> str:
+@known_only
+def duration(seconds: float) -> str:
     """Return seconds as "42 s", "3 min 5 s" or "2 h 4 min"; "–" when unknown."""
-    if seconds is None:
-        return "–"
     total = int(seconds + 0.5)
     if total < 60:
         return f"{total} s"

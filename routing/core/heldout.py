@@ -125,10 +125,6 @@ class RouterConfig:
     method: str = "kmeans"
     shrinkage: float = 0.0
     neighbours: int = 1  # clusters whose pooled scores form the shrinkage prior (1: the model's overall mean)
-    top_n: int = 1
-    soft_neighbours: int = 3
-    soft_temperature: float = 0.05
-    knn_k: int = 20
 
 
 @dataclass

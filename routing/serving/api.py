@@ -12,11 +12,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web.models import ApiToken
+from avengers_web.routes import Routes
 from avengers_web.throttling import TokenRateThrottle, retry_after as retry_after_header
 from evaluation.core.grading import TASK_TYPES
 from routing.core.dispatch import STRATEGIES
 from routing.models import CATEGORY_CHARS, RoutingDecision
 from routing.serving import ServingError, service
+
+endpoints = Routes()
 
 T = TypeVar("T")
 
@@ -225,6 +228,7 @@ class ServingApi(APIView):
         return response
 
 
+@endpoints("route", name="api-route")
 class RouteApi(ServingApi):
     @extend_schema(request=RouteInput, responses={200: DECISION_SCHEMA, **ERRORS}, tags=["routing"],
                    summary="Route a query (no generation)",
@@ -237,6 +241,7 @@ class RouteApi(ServingApi):
         return Response(decision_body(decision))
 
 
+@endpoints("answer", name="api-answer")
 class AnswerApi(ServingApi):
     @extend_schema(request=AnswerInput, responses={200: ANSWER_SCHEMA, **ERRORS}, tags=["routing"],
                    summary="Answer a query with the routed team",

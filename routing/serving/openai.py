@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web.parsing import parse_id
+from avengers_web.routes import Routes
 from evaluation.core.grading import TASK_TYPES
 from routing.core.dispatch import STRATEGIES
 from routing.models import CATEGORY_CHARS, RoutingDecision
@@ -33,6 +34,8 @@ from routing.serving.api import (
     decision_body,
     serve,
 )
+
+endpoints = Routes()
 
 MODEL_NAME = "avengers"
 
@@ -127,6 +130,7 @@ _chat_event = inline_serializer("ChatCompletionEvent", {
 })
 
 
+@endpoints("chat/completions", name="openai-chat-completions")
 class ChatCompletionsApi(ServingApi):
     @extend_schema(
         request=ChatInput, tags=["openai"], summary="OpenAI-compatible chat completion, routed",
@@ -211,6 +215,7 @@ class ChatCompletionsApi(ServingApi):
         yield _sse("[DONE]")
 
 
+@endpoints("models", name="openai-models")
 class ModelsApi(APIView):
     @extend_schema(tags=["openai"], summary="OpenAI-compatible model list",
                    responses={200: inline_serializer("ModelList", {

@@ -1,24 +1,16 @@
-"""Routes of the routing service: its pages (at the root), its API (under /api/v1/), the OpenAI-compatible API (/v1/)."""
+"""Routes of the routing service: its pages (at the root), its API (under /api/v1/), the OpenAI-compatible API (/v1/).
+
+Each route is declared on its view (see avengers_web.routes).
+"""
 from __future__ import annotations
 
-from django.urls import path
-
+from routing.serving import api as serving_api
+from routing.serving import openai as openai_api
 from routing.serving import views
-from routing.serving.api import AnswerApi, RouteApi
-from routing.serving.openai import ChatCompletionsApi, ModelsApi
 
-pages = [
-    path("playground/", views.playground, name="playground"),
-    path("traffic/", views.traffic, name="traffic"),
-]
+pages = views.pages.urlpatterns
 
-api = [
-    path("route", RouteApi.as_view(), name="api-route"),
-    path("answer", AnswerApi.as_view(), name="api-answer"),
-]
+api = serving_api.endpoints.urlpatterns
 
 # So that any OpenAI client can talk to the router.
-openai = [
-    path("chat/completions", ChatCompletionsApi.as_view(), name="openai-chat-completions"),
-    path("models", ModelsApi.as_view(), name="openai-models"),
-]
+openai = openai_api.endpoints.urlpatterns

@@ -12,6 +12,7 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from avengers_web import throttling
+from avengers_web.routes import Routes
 from avengers_web.service_errors import add_service_error
 from evaluation.core.datasets import TASK_TYPES
 from routing import selectors
@@ -20,6 +21,7 @@ from routing.models import RouterSnapshot, RoutingDecision
 from routing.serving import ServingError, service
 from routing.serving import traffic as traffic_selectors
 
+pages = Routes()
 
 
 def _strategies() -> list[Strategy]:
@@ -66,6 +68,7 @@ class PlaygroundForm(forms.Form):
         snapshot.label_from_instance = lambda s: f"v{s.version}" + (f" ({s.label})" if s.label else "")
 
 
+@pages("playground/", name="playground")
 def playground(request: HttpRequest) -> HttpResponse:
     """Ask the router a query (a log-in is needed, as for every write) and show how it was routed and answered.
 
@@ -151,6 +154,7 @@ def _shape(answer: service.Answer, request: HttpRequest) -> dict[str, Any]:
     }
 
 
+@pages("traffic/", name="traffic")
 def traffic(request: HttpRequest) -> HttpResponse:
     """Requests over time per cluster and per model, routing per category, latency and the latest decisions."""
     range_key = request.GET.get("range", traffic_selectors.DEFAULT_RANGE)

@@ -5,6 +5,8 @@ from django import template
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from avengers_web.formatting import known_only
+
 register = template.Library()
 
 # Viridis at five stops: perceptually even, readable in grey and by people with colour-blindness.
@@ -13,16 +15,16 @@ _STOPS = ((0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.7
 
 
 @register.filter
-def accuracy(value: float | None) -> str:
-    """Return a held-out accuracy (already in %) with one decimal, or "–" when it was not measured."""
-    return "–" if value is None else f"{value:.1f}"
+@known_only
+def accuracy(value: float) -> str:
+    """Return a held-out accuracy (already in %) with one decimal; "–" when it was not measured."""
+    return f"{value:.1f}"
 
 
 @register.filter
-def signed(value: float | None) -> str:
-    """Return a difference with its sign and one decimal ("+1.8", "−0.4", "0.0"), or "–"."""
-    if value is None:
-        return "–"
+@known_only
+def signed(value: float) -> str:
+    """Return a difference with its sign and one decimal ("+1.8", "−0.4", "0.0"); "–" when unknown."""
     rounded = round(value, 1)
     if rounded == 0:
         return "0.0"

@@ -1,6 +1,6 @@
-// Charts of the routing pages, drawn with the vendored Chart.js (static/routing/vendor). Every chart reads its
-// data from a <script type="application/json"> the server wrote, and writes its numbers and names on the canvas
-// itself (values over the bars, cluster numbers at the centroids), so nothing needs a hover to be read.
+// Charts of the routing pages (snapshots, map, playground, traffic), drawn with the vendored Chart.js
+// (static/routing/vendor). Every chart reads its data from a <script type="application/json"> the server wrote,
+// and writes its numbers and names on the canvas itself (values over the bars, cluster numbers at the centroids), so nothing needs a hover to be read.
 (function () {
   "use strict";
   if (typeof Chart === "undefined") return;
@@ -154,12 +154,99 @@
     });
   }
 
+  // The traffic page: requests over time as stacked bars, and how each category is routed.
+  function colourOf(series) {
+    return series.cluster === undefined ? series.colour : clusterColour(series.cluster);
+  }
+
+  const legend = { position: "bottom", labels: { boxWidth: 12, boxHeight: 12 } };
+
+  // Stacked bars, one dataset per series (a cluster, a model or a route), each series' values under ``key``.
+  function stackedBars(canvas, data, key, options, plugins) {
+    return new Chart(canvas, {
+      type: "bar",
+      data: {
+        labels: data.labels,
+        datasets: data.series.map(function (s) {
+          return { label: s.label, data: s[key], backgroundColor: colourOf(s), borderWidth: 0 };
+        }),
+      },
+      plugins: plugins || [],
+      options: Object.assign({ animation: false, responsive: true, maintainAspectRatio: false }, options),
+    });
+  }
+
+  // Requests over time, one colour per cluster or model.
+  function timeChart(canvas, data) {
+    return stackedBars(canvas, data, "counts", {
+      interaction: { mode: "index", intersect: false },
+      plugins: {
+        legend: legend,
+        title: { display: true, text: data.title, font: { size: 14, weight: "600" } },
+        tooltip: { filter: function (item) { return item.raw > 0; } },
+      },
+      scales: {
+        x: { stacked: true, title: { display: true, text: data.x_title }, ticks: { autoSkip: true, maxRotation: 0 } },
+        y: { stacked: true, beginAtZero: true, title: { display: true, text: data.y_title }, ticks: { precision: 0 } },
+      },
+    });
+  }
+
+  // Writes each segment's share inside it, in white or black for contrast, when the segment is wide enough.
+  const segmentValues = {
+    id: "segmentValues",
+    afterDatasetsDraw(chart) {
+      const ctx = chart.ctx;
+      ctx.save();
+      ctx.font = "11px " + Chart.defaults.font.family;
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      chart.data.datasets.forEach(function (dataset, d) {
+        const meta = chart.getDatasetMeta(d);
+        if (meta.hidden) return;
+        meta.data.forEach(function (bar, i) {
+          const value = dataset.data[i];
+          const text = Math.round(value) + "%";
+          const width = Math.abs(bar.x - bar.base);
+          if (!value || width < ctx.measureText(text).width + 6) return;
+          ctx.fillStyle = dark(dataset.backgroundColor) ? "#fff" : "#111";
+          ctx.fillText(text, (bar.x + bar.base) / 2, bar.y);
+        });
+      });
+      ctx.restore();
+    },
+  };
+
+  function dark(colour) {
+    const m = /^#([0-9a-f]{2})([0-9a-f]{2})([0-9a-f]{2})$/i.exec(colour || "");
+    if (!m) return true;
+    const r = parseInt(m[1], 16), g = parseInt(m[2], 16), b = parseInt(m[3], 16);
+    return 0.299 * r + 0.587 * g + 0.114 * b < 150;
+  }
+
+  // The paper's Figure 9: how each category is routed, as shares of its requests.
+  function categoryChart(canvas, data) {
+    return stackedBars(canvas, data, "values", {
+      indexAxis: "y",
+      plugins: {
+        legend: { position: "top", labels: legend.labels },
+        title: { display: true, text: data.title, font: { size: 14, weight: "600" } },
+        tooltip: { callbacks: { label: function (item) { return item.dataset.label + ": " + item.raw.toFixed(1) + "%"; } } },
+      },
+      scales: {
+        x: { stacked: true, min: 0, max: 100, title: { display: true, text: "share of the category's requests (%)" } },
+        y: { stacked: true },
+      },
+    }, [segmentValues]);
+  }
+
   document.querySelectorAll("[data-cluster-colour]").forEach(function (el) {
     el.style.background = clusterColour(Number(el.dataset.clusterColour));
   });
   document.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
     const data = readData(canvas);
     if (!data) return;
-    charts[canvas.id] = canvas.dataset.chart === "map" ? mapChart(canvas, data) : barChart(canvas, data);
+    const kinds = { map: mapChart, time: timeChart, category: categoryChart };
+    charts[canvas.id] = (kinds[canvas.dataset.chart] || barChart)(canvas, data);
   });
 })();

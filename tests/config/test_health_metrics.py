@@ -28,7 +28,8 @@ from evaluation import providers
 from evaluation.runs import services
 from evaluation.core.generation import ChatRequest, GenerationError, RetryPolicy
 from routing.serving import tables
-from tests.evaluation.runs.test_engine import make_dataset, make_model, run_inline
+from tests.evaluation.runs.test_engine import make_model, run_inline
+from tests.support.math_queries import make_math_dataset
 # Its fixtures: an active 3-cluster snapshot (MiniLM), and this process's routing caches emptied around each test.
 from tests.routing.serving.test_api import fresh_service, point_at, snapshot, team_in_order  # noqa: F401
 from tests.support.fakes import FakeLLMClient
@@ -216,7 +217,7 @@ def test_the_circuit_state_of_an_endpoint_is_a_gauge_labelled_without_its_creden
 
 
 def test_queue_depth_is_read_from_the_database_and_graded_samples_are_counted() -> None:
-    dataset = make_dataset(4)
+    dataset = make_math_dataset(4)
     model = make_model("metrics-eval-model")
     run = services.evaluation_run_create(dataset=dataset, models=[model], samples=2, batch_size=3, queue=False)
     before = scrape()

@@ -6,19 +6,17 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from evaluation.models import Dataset, EvaluationRun, LanguageModel, ModelResponse, Query
+from evaluation.models import Dataset, EvaluationRun, LanguageModel, ModelResponse
 from tests.support.fault_server import fault_server
+from tests.support.math_queries import make_math_dataset
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def dataset() -> Dataset:
-    dataset = Dataset.objects.create(name="cmd", split_seed=1)
-    for i in range(3):
-        Query.objects.create(dataset=dataset, external_id=f"q{i}", text=f"{i} * 7?", text_hash=f"h{i}",
-                             gold=str(7 * i), task_type="math", split="train", split_source="file")
-    return dataset
+    """cmd: "0 * 7?", "1 * 7?", "2 * 7?", all in the train split."""
+    return make_math_dataset(3, name="cmd", text="{i} * 7?", times=7)
 
 
 def test_evaluate_runs_inline_against_a_server_and_prints_the_accuracy(dataset) -> None:  # type: ignore[no-untyped-def]

@@ -55,6 +55,16 @@ def wait_for_run(run_id: int, timeout: float) -> EvaluationRun:
     raise AssertionError(f"run {run_id} still {run.status} after {timeout} s: {run_progress(run)}")
 
 
+def own_worker_setup(redis, broker_db: int, name: str, queries: int) -> tuple[str, str, Path, Dataset]:  # type: ignore[no-untyped-def]
+    """A Redis database of its own as the broker, the test database's name, a folder for worker logs and
+    a dataset `name` of the first `queries` GSM8K queries: what a test that starts its own worker needs."""
+    from django.db import connection
+
+    broker = redis.url.rsplit("/", 1)[0] + f"/{broker_db}"
+    folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    return broker, connection.settings_dict["NAME"], folder, gsm8k_dataset(queries, name=name)
+
+
 def test_a_real_llm_evaluation_runs_in_a_celery_worker_and_stores_every_sample(  # type: ignore[no-untyped-def]
     celery_worker_process, llm, api
 ) -> None:
@@ -87,18 +97,14 @@ def test_a_real_llm_evaluation_runs_in_a_celery_worker_and_stores_every_sample( 
 def test_server_faults_are_retried_a_bounded_number_of_times_and_nothing_is_stored_twice(  # type: ignore[no-untyped-def]
     redis, django_db_setup
 ) -> None:
-    from django.db import connection
-
-    broker = redis.url.rsplit("/", 1)[0] + "/3"
-    folder = Path(tempfile.mkdtemp(prefix="faults-"))
-    dataset = gsm8k_dataset(8, name="faults")
+    broker, db, folder, dataset = own_worker_setup(redis, 3, "faults", queries=8)
     faults = [status(500), status(429, retry_after=1), hang(5), drop(), malformed(), status(503)]
     # One request at a time, each fault followed by a good reply: every fault costs exactly one retry,
     # and the circuit breaker (5 failures in a row) never opens.
     script = [step for fault in faults for step in (fault, ok())]
     with fault_server(script=script, content=lambda body: "The answer is \\boxed{42}") as server:
         model = LanguageModel.objects.create(name="flaky", base_url=server.base_url, max_concurrency=1)
-        worker = start_worker(broker, connection.settings_dict["NAME"], folder / "worker.log", name="faults",
+        worker = start_worker(broker, db, folder / "worker.log", name="faults",
                               extra_env={"AVENGERS_GENERATION_TIMEOUT_S": "2", "AVENGERS_GENERATION_MAX_ATTEMPTS": "3"})
         try:
             with sending_tasks_to(broker):
@@ -122,15 +128,10 @@ def test_server_faults_are_retried_a_bounded_number_of_times_and_nothing_is_stor
 def test_a_worker_killed_mid_run_loses_no_finished_work_and_the_next_worker_does_only_the_rest(  # type: ignore[no-untyped-def]
     redis, django_db_setup
 ) -> None:
-    from django.db import connection
-
-    broker = redis.url.rsplit("/", 1)[0] + "/4"
-    folder = Path(tempfile.mkdtemp(prefix="kill-"))
-    dataset = gsm8k_dataset(24, name="kill")
+    broker, db, folder, dataset = own_worker_setup(redis, 4, "kill", queries=24)
     env = {"AVENGERS_EVAL_HEARTBEAT_S": "0.5", "AVENGERS_EVAL_STALE_AFTER_S": "3", "AVENGERS_EVAL_SWEEP_EVERY_S": "1"}
     with fault_server(delay_s=0.4, slots=2, content=lambda body: "Answer: 7") as server:
         model = LanguageModel.objects.create(name="steady", base_url=server.base_url, max_concurrency=2)
-        db = connection.settings_dict["NAME"]
         first = start_worker(broker, db, folder / "first.log", extra_env=env, beat=True, name="first")
         second = None
         try:

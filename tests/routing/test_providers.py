@@ -31,7 +31,7 @@ from routing.providers import (
     OpenAIEmbeddingClient,
     openai_embedder,
 )
-from tests.support.servers import free_port, smollm2_model_path
+from tests.support.servers import free_port, smollm2_model_path, stop_process
 
 SMOLLM2_DIMENSIONS = 576
 
@@ -77,12 +77,7 @@ def embedding_server(*, alias: str = "smollm2") -> Iterator[EmbeddingServer]:
                 time.sleep(0.1)
             yield EmbeddingServer(base_url=base_url, model=alias)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def _answers(url: str) -> bool:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from devtools import local_llm
 from devtools.local_llm import free_port, smollm2_model_path
 
-__all__ = ["LLMServer", "RedisServer", "free_port", "llm_server", "redis_server", "smollm2_model_path"]
+__all__ = ["LLMServer", "RedisServer", "free_port", "llm_server", "redis_server", "smollm2_model_path", "stop_process"]
 
 INSTALL_HINT = local_llm.INSTALL_HINT
 LLM_START_TIMEOUT = local_llm.START_TIMEOUT_S
@@ -48,9 +48,9 @@ def _wait_until(
     local_llm.wait_until(ready, process, log_path, name, timeout)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate a process, killing it if it has not exited after STOP_TIMEOUT seconds."""
-    local_llm.stop(process, STOP_TIMEOUT)
+def stop_process(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
+    """Terminate a process, killing it if it has not exited after ``timeout`` seconds (one that has exited is left)."""
+    local_llm.stop(process, timeout)
 
 
 @contextlib.contextmanager
@@ -61,7 +61,7 @@ def _running(cmd: list[str], log_path: pathlib.Path) -> Iterator[subprocess.Pope
     try:
         yield process
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @contextlib.contextmanager

@@ -1,28 +1,15 @@
-"""Integration tests for the real test servers in tests/support/servers.py (no Django, no database)."""
+"""Integration tests for the real test servers in tests/support/servers.py (no Django, no database).
+
+The servers are the session's ``llm`` and ``redis`` fixtures of tests/conftest.py, started by these helpers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
-import redis
+from redis import Redis
 
-from .servers import LLMServer, RedisServer, llm_server, redis_server
-
-
-@pytest.fixture(scope="module")
-def llm() -> Iterator[LLMServer]:
-    """Start the SmolLM2 server once for this module."""
-    with llm_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def redis_srv() -> Iterator[RedisServer]:
-    """Start a throw-away Redis once for this module."""
-    with redis_server() as server:
-        yield server
+from .servers import LLMServer, RedisServer, redis_server
 
 
 @pytest.mark.integration
@@ -55,9 +42,9 @@ def test_llm_chat_completion(llm: LLMServer) -> None:
 
 
 @pytest.mark.integration
-def test_redis_set_get_round_trip(redis_srv: RedisServer) -> None:
+def test_redis_set_get_round_trip(redis: RedisServer) -> None:
     """SET then GET returns the stored value."""
-    client = redis.Redis.from_url(redis_srv.url)
+    client = Redis.from_url(redis.url)
     try:
         assert client.set("test-key", "value")
         assert client.get("test-key") == b"value"

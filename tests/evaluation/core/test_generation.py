@@ -33,6 +33,16 @@ class FakeClock:
         return self.now
 
 
+def waited_out_breaker(failure_threshold: int = 1, reset_after_s: float = 10.0) -> tuple[CircuitBreaker, FakeClock]:
+    """A breaker on a fake clock that failed `failure_threshold` times in a row and then waited `reset_after_s`."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(failure_threshold=failure_threshold, reset_after_s=reset_after_s, clock=clock)
+    for _ in range(failure_threshold):
+        breaker.record_failure()
+    clock.now += reset_after_s
+    return breaker, clock
+
+
 def test_it_sends_only_the_sampling_params_that_are_set() -> None:
     request = ChatRequest(model="m", messages=({"role": "user", "content": "hi"},), n=2, temperature=0.0,
                           seed=7, stop=("\n",))
@@ -117,10 +127,7 @@ def test_a_success_resets_the_count_of_consecutive_failures() -> None:
 
 
 def test_half_open_breaker_lets_exactly_one_trial_through() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=10.0, clock=clock)
-    breaker.record_failure()
-    clock.now += 10
+    breaker, _ = waited_out_breaker()
     assert breaker.state == "half_open"
     assert breaker.retry_in_s() == 0.0
     assert breaker.allow()
@@ -130,10 +137,7 @@ def test_half_open_breaker_lets_exactly_one_trial_through() -> None:
 
 
 def test_a_successful_trial_closes_the_breaker() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=10.0, clock=clock)
-    breaker.record_failure()
-    clock.now += 10
+    breaker, _ = waited_out_breaker()
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state == "closed"
@@ -141,11 +145,7 @@ def test_a_successful_trial_closes_the_breaker() -> None:
 
 
 def test_a_failed_trial_reopens_the_breaker_for_another_wait() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=3, reset_after_s=10.0, clock=clock)
-    for _ in range(3):
-        breaker.record_failure()
-    clock.now += 10
+    breaker, clock = waited_out_breaker(failure_threshold=3)
     assert breaker.allow()
     breaker.record_failure()  # one failure is enough in half-open state
     assert breaker.state == "open"
@@ -157,10 +157,7 @@ def test_a_failed_trial_reopens_the_breaker_for_another_wait() -> None:
 
 
 def test_a_released_trial_lets_the_next_one_through() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=10.0, clock=clock)
-    breaker.record_failure()
-    clock.now += 10
+    breaker, _ = waited_out_breaker()
     assert breaker.allow()
     breaker.release()  # e.g. the trial got a 429: no verdict on the endpoint
     assert breaker.state == "half_open"
@@ -169,10 +166,7 @@ def test_a_released_trial_lets_the_next_one_through() -> None:
 
 
 def test_a_trial_that_never_reports_stops_blocking_after_another_wait() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=10.0, clock=clock)
-    breaker.record_failure()
-    clock.now += 10
+    breaker, clock = waited_out_breaker()
     assert breaker.allow()
     clock.now += 10
     assert breaker.allow()
@@ -193,10 +187,7 @@ def test_breaker_counts_failures_from_many_threads_exactly() -> None:
 
 
 def test_half_open_breaker_lets_one_of_many_threads_through() -> None:
-    clock = FakeClock()
-    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=5.0, clock=clock)
-    breaker.record_failure()
-    clock.now += 5
+    breaker, _ = waited_out_breaker(reset_after_s=5.0)
     start = threading.Barrier(16)
 
     def try_once(_: int) -> bool:

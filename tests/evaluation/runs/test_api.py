@@ -4,20 +4,17 @@ from __future__ import annotations
 import pytest
 
 from evaluation.runs import lanes
-from evaluation.models import Dataset, EvaluationRun, LanguageModel, ModelResponse, Query
+from evaluation.models import Dataset, EvaluationRun, LanguageModel, ModelResponse
 from tests.support.fakes import FakeLLMClient
+from tests.support.math_queries import make_math_dataset
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def dataset() -> Dataset:
-    dataset = Dataset.objects.create(name="arith", split_seed=1)
-    for i in range(4):
-        Query.objects.create(dataset=dataset, external_id=f"q{i}", text=f"{i} + {i}?", text_hash=f"h{i}",
-                             gold=str(2 * i), task_type="math", split="train" if i < 3 else "test",
-                             split_source="file")
-    return dataset
+    """arith: "0 + 0?" ... "3 + 3?", the last in the test split."""
+    return make_math_dataset(4, name="arith", text="{i} + {i}?", test=1)
 
 
 @pytest.fixture

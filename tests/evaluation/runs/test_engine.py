@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from django.utils import timezone
@@ -12,27 +13,11 @@ from evaluation.core.generation import CircuitOpenError, GenerationError
 from evaluation.models import Dataset, EvaluationBatch, EvaluationRun, LanguageModel, ModelResponse, Query
 from evaluation.selectors import run_progress
 from tests.support.fakes import FakeLLMClient
+from tests.support.math_queries import make_math_dataset, make_unserved_model, right_for_even
 
 pytestmark = pytest.mark.django_db
 
-
-def make_dataset(n: int = 6, *, name: str = "arith") -> Dataset:
-    dataset = Dataset.objects.create(name=name, split_seed=1)
-    for i in range(n):
-        Query.objects.create(dataset=dataset, external_id=f"q{i}", text=f"What is {i} + {i}?", text_hash=f"h{i}",
-                             gold=str(2 * i), task_type="math", split="train", split_source="file")
-    return dataset
-
-
-def make_model(name: str = "m1", **fields: object) -> LanguageModel:
-    fields.setdefault("base_url", "http://127.0.0.1:9/v1")
-    return LanguageModel.objects.create(name=name, max_concurrency=3, **fields)
-
-
-def right_for_even(request, i) -> str:  # type: ignore[no-untyped-def]
-    """Answer correctly for even operands and wrongly for odd ones."""
-    operand = int(request.messages[0]["content"].split("What is ")[1].split(" +")[0])
-    return f"so \\boxed{{{2 * operand if operand % 2 == 0 else 2 * operand + 1}}}"
+make_model = partial(make_unserved_model, max_concurrency=3)  # make_model(name="m1", **fields)
 
 
 def run_inline(run: EvaluationRun, client: FakeLLMClient) -> None:
@@ -41,7 +26,7 @@ def run_inline(run: EvaluationRun, client: FakeLLMClient) -> None:
 
 
 def test_a_run_generates_grades_and_stores_every_sample_exactly_once() -> None:
-    dataset = make_dataset(6)
+    dataset = make_math_dataset(6)
     models = [make_model("m1"), make_model("m2")]
     client = FakeLLMClient(reply=right_for_even)
     run = services.evaluation_run_create(dataset=dataset, models=models, samples=3, params={"temperature": 0.7},
@@ -72,7 +57,7 @@ def test_a_run_generates_grades_and_stores_every_sample_exactly_once() -> None:
 
 
 def test_resume_redoes_only_the_failed_and_missing_samples() -> None:
-    dataset = make_dataset(4)
+    dataset = make_math_dataset(4)
     model = make_model()
     # A client error (say, a prompt too long for the model) is a verdict: it is recorded at once.
     broken = FakeLLMClient(fail=lambda request: GenerationError("client_error", "HTTP 400: prompt too long")
@@ -97,7 +82,7 @@ def test_resume_redoes_only_the_failed_and_missing_samples() -> None:
 
 
 def test_more_samples_later_reuse_the_finished_ones() -> None:
-    dataset = make_dataset(3)
+    dataset = make_math_dataset(3)
     model = make_model()
     client = FakeLLMClient()
     run_inline(services.evaluation_run_create(dataset=dataset, models=[model], samples=2, queue=False), client)
@@ -108,7 +93,7 @@ def test_more_samples_later_reuse_the_finished_ones() -> None:
 
 
 def test_seeded_samples_are_answered_from_the_cache_unless_bypassed() -> None:
-    dataset = make_dataset(2)
+    dataset = make_math_dataset(2)
     first = make_model("first", served_model_id="same-weights")
     twin = make_model("twin", served_model_id="same-weights")  # same endpoint and served model
     client = FakeLLMClient()
@@ -134,7 +119,7 @@ def test_an_unavailable_server_defers_the_batch_then_records_failures(settings, 
     settings.EVAL_MAX_DEFERRALS = 1
     queued: list[tuple[int, list[int], float | None]] = []
     monkeypatch.setattr(lanes, "_queue_lanes", lambda run_id, ids, countdown=None: queued.append((run_id, ids, countdown)))
-    dataset = make_dataset(2)
+    dataset = make_math_dataset(2)
     model = make_model()
     settings.CIRCUIT_RESET_S = 30
     dead = FakeLLMClient(fail=lambda request: error)
@@ -156,7 +141,7 @@ def test_cancel_stops_a_run_and_resume_does_only_the_rest(monkeypatch) -> None: 
 
     monkeypatch.setattr(lanes._Lane, "STATUS_EVERY_S", 0.0)  # notice the cancel at once
 
-    dataset = make_dataset(12)
+    dataset = make_math_dataset(12)
     model = make_model()
     run = services.evaluation_run_create(dataset=dataset, models=[model], batch_size=2, queue=False)
 
@@ -186,7 +171,7 @@ def test_cancel_stops_a_run_and_resume_does_only_the_rest(monkeypatch) -> None: 
 def test_the_sweeper_hands_a_dead_workers_batch_to_a_live_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     queued: list[tuple[int, list[int]]] = []
     monkeypatch.setattr(sweep, "_queue_lanes", lambda run_id, ids, countdown=None: queued.append((run_id, ids)))
-    dataset = make_dataset(2)
+    dataset = make_math_dataset(2)
     model = make_model()
     run = services.evaluation_run_create(dataset=dataset, models=[model], queue=False)
     EvaluationBatch.objects.filter(run=run).update(status="running", heartbeat_at=timezone.now() - timedelta(minutes=1))
@@ -204,7 +189,7 @@ def test_the_sweeper_hands_a_dead_workers_batch_to_a_live_one(monkeypatch) -> No
     ({"models": []}, "models", "at least one model"),
 ])
 def test_a_bad_run_request_is_refused_and_creates_nothing(change, field, message) -> None:  # type: ignore[no-untyped-def]
-    arguments = {"dataset": make_dataset(2), "models": [make_model()], "queue": False, **change}
+    arguments = {"dataset": make_math_dataset(2), "models": [make_model()], "queue": False, **change}
     with pytest.raises(ServiceError) as caught:
         services.evaluation_run_create(**arguments)
     assert caught.value.field == field and message in caught.value.message
@@ -212,7 +197,7 @@ def test_a_bad_run_request_is_refused_and_creates_nothing(change, field, message
 
 
 def test_an_offline_or_inactive_model_cannot_be_evaluated() -> None:
-    dataset = make_dataset(1)
+    dataset = make_math_dataset(1)
     offline = LanguageModel.objects.create(name="imported-only")
     with pytest.raises(ServiceError, match="offline model"):
         services.evaluation_run_create(dataset=dataset, models=[offline], queue=False)
@@ -222,7 +207,7 @@ def test_an_offline_or_inactive_model_cannot_be_evaluated() -> None:
 
 
 def test_templates_come_from_the_model_then_the_dataset_then_the_defaults() -> None:
-    dataset = make_dataset(1)
+    dataset = make_math_dataset(1)
     dataset.prompt_templates = {"math": "DATASET {query}"}
     dataset.save()
     plain = make_model("plain")
@@ -234,7 +219,7 @@ def test_templates_come_from_the_model_then_the_dataset_then_the_defaults() -> N
 
 
 def test_resume_waits_while_a_live_worker_finishes_a_cancelled_batch() -> None:
-    dataset = make_dataset(2)
+    dataset = make_math_dataset(2)
     model = make_model()
     run = services.evaluation_run_create(dataset=dataset, models=[model], queue=False)
     services.evaluation_run_cancel(run=run)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import re
+from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -11,35 +12,18 @@ from django.urls import reverse
 
 from evaluation.runs import lanes, services
 from evaluation.core.generation import GenerationError
-from evaluation.models import Dataset, EvaluationRun, LanguageModel, ModelResponse, Query
+from evaluation.models import Dataset, EvaluationRun, LanguageModel, ModelResponse
 from evaluation.selectors import run_progress
 from tests.support.fakes import FakeLLMClient
+from tests.support.math_queries import make_math_dataset, make_unserved_model, operand, right_for_even
 
 pytestmark = pytest.mark.django_db
 
-
-def make_dataset(n: int = 6, *, name: str = "arith", split: str = "train") -> Dataset:
-    dataset = Dataset.objects.create(name=name, split_seed=1)
-    for i in range(n):
-        Query.objects.create(dataset=dataset, external_id=f"q{i}", text=f"What is {i} + {i}?", text_hash=f"h{i}",
-                             gold=str(2 * i), task_type="math", split=split, split_source="file")
-    return dataset
-
-
-def make_model(name: str = "m1", **fields: object) -> LanguageModel:
-    fields.setdefault("base_url", "http://127.0.0.1:9/v1")
-    return LanguageModel.objects.create(name=name, max_concurrency=2, **fields)
-
-
-def right_for_even(request, i) -> str:  # type: ignore[no-untyped-def]
-    """Answer correctly for even operands and wrongly for odd ones."""
-    operand = int(request.messages[0]["content"].split("What is ")[1].split(" +")[0])
-    return f"so \\boxed{{{2 * operand if operand % 2 == 0 else 2 * operand + 1}}}"
+make_model = partial(make_unserved_model, max_concurrency=2)  # make_model(name="m1", **fields)
 
 
 def always_right(request, i) -> str:  # type: ignore[no-untyped-def]
-    operand = int(request.messages[0]["content"].split("What is ")[1].split(" +")[0])
-    return f"so \\boxed{{{2 * operand}}}"
+    return f"so \\boxed{{{2 * operand(request)}}}"
 
 
 def fail_on_three(request):  # type: ignore[no-untyped-def]
@@ -71,7 +55,7 @@ def logged_in(client: Client, user) -> Client:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def finished_run(user) -> EvaluationRun:  # type: ignore[no-untyped-def]
     """6 queries x 2 samples x 2 models; m1 is right on even operands, m2 fails on "3 + 3" and is otherwise right."""
-    dataset = make_dataset(6)
+    dataset = make_math_dataset(6)
     m1, m2 = make_model("m1"), make_model("m2")
     run = services.evaluation_run_create(dataset=dataset, models=[m1, m2], samples=2,
                                        params={"temperature": 0.5, "max_tokens": 32}, user=user, queue=False)
@@ -140,7 +124,7 @@ def test_the_run_page_shows_the_configuration_and_the_numbers_from_the_database(
 
 def test_a_running_run_is_followed_through_the_api_or_by_reloading(
         anon_client: Client, client: Client, user, public_read) -> None:  # type: ignore[no-untyped-def]
-    run = services.evaluation_run_create(dataset=make_dataset(3), models=[make_model()], queue=False)
+    run = services.evaluation_run_create(dataset=make_math_dataset(3), models=[make_model()], queue=False)
     url = reverse("evaluation-detail", args=[run.pk])
     anonymous = anon_client.get(url).content.decode()  # a visitor, where AVENGERS_PUBLIC_READ lets one read
     assert 'data-active="1"' in anonymous and 'data-poll="reload"' in anonymous
@@ -171,7 +155,7 @@ def form_data(dataset: Dataset, *models: LanguageModel, **changes: object) -> di
 
 
 def test_the_form_starts_a_run_and_redirects_to_its_page(logged_in: Client, user) -> None:  # type: ignore[no-untyped-def]
-    dataset = make_dataset(5)
+    dataset = make_math_dataset(5)
     m1, m2 = make_model("m1"), make_model("m2")
     response = logged_in.post(reverse("evaluation-create"), form_data(
         dataset, m1, m2, samples=3, temperature="0.7", top_p="0.9", max_tokens="64", seed="11",
@@ -187,7 +171,7 @@ def test_the_form_starts_a_run_and_redirects_to_its_page(logged_in: Client, user
 
 
 def test_empty_parameters_are_left_to_the_models_defaults(logged_in: Client) -> None:
-    dataset = make_dataset(2)
+    dataset = make_math_dataset(2)
     model = make_model(default_params={"temperature": 0.1})
     logged_in.post(reverse("evaluation-create"), form_data(dataset, model))
     run = EvaluationRun.objects.get()
@@ -196,8 +180,8 @@ def test_empty_parameters_are_left_to_the_models_defaults(logged_in: Client) -> 
 
 
 def test_the_form_preselects_the_dataset_and_model_from_the_links(logged_in: Client) -> None:
-    dataset = make_dataset(2, name="other")
-    make_dataset(2, name="arith")
+    dataset = make_math_dataset(2, name="other")
+    make_math_dataset(2, name="arith")
     model = make_model("m2")
     make_model("m1")
     page = logged_in.get(reverse("evaluation-create"), {"dataset": dataset.pk, "model": model.pk}).content.decode()
@@ -211,7 +195,7 @@ def test_the_form_preselects_the_dataset_and_model_from_the_links(logged_in: Cli
 
 
 def test_the_form_offers_only_active_models_with_an_endpoint(logged_in: Client) -> None:
-    make_dataset(1)
+    make_math_dataset(1)
     make_model("online")
     make_model("offline", base_url="")
     make_model("inactive", is_active=False)
@@ -242,7 +226,7 @@ def test_the_form_says_what_to_do_when_no_model_can_be_evaluated(logged_in: Clie
 ])
 def test_the_form_refuses_bad_input_with_a_message_on_the_field_and_creates_nothing(
         logged_in: Client, changes: dict[str, object], field: str, message: str) -> None:
-    dataset = make_dataset(2)
+    dataset = make_math_dataset(2)
     response = logged_in.post(reverse("evaluation-create"), form_data(dataset, make_model(), **changes))
     assert response.status_code == 200
     assert message in by_testid(response, f"error-{field}")
@@ -250,7 +234,7 @@ def test_the_form_refuses_bad_input_with_a_message_on_the_field_and_creates_noth
 
 
 def test_an_offline_or_inactive_model_cannot_be_posted(logged_in: Client) -> None:
-    dataset = make_dataset(2)
+    dataset = make_math_dataset(2)
     for model in (make_model("offline", base_url=""), make_model("inactive", is_active=False)):
         response = logged_in.post(reverse("evaluation-create"), form_data(dataset, model))
         assert "Select a valid choice." in by_testid(response, "error-models")
@@ -261,7 +245,7 @@ def test_an_offline_or_inactive_model_cannot_be_posted(logged_in: Client) -> Non
 
 def test_anonymous_users_are_sent_to_log_in_to_start_cancel_or_resume(anon_client: Client, user) -> None:  # type: ignore[no-untyped-def]
     client = anon_client
-    dataset = make_dataset(2)
+    dataset = make_math_dataset(2)
     model = make_model()
     run = services.evaluation_run_create(dataset=dataset, models=[model], queue=False)
     for method, url, data in [
@@ -284,13 +268,13 @@ def test_anonymous_users_are_sent_to_log_in_to_start_cancel_or_resume(anon_clien
 
 
 def test_cancel_and_resume_are_post_only(logged_in: Client) -> None:
-    run = services.evaluation_run_create(dataset=make_dataset(1), models=[make_model()], queue=False)
+    run = services.evaluation_run_create(dataset=make_math_dataset(1), models=[make_model()], queue=False)
     assert logged_in.get(reverse("evaluation-cancel", args=[run.pk])).status_code == 405
     assert logged_in.get(reverse("evaluation-resume", args=[run.pk])).status_code == 405
 
 
 def test_cancel_then_resume_from_the_run_page(logged_in: Client) -> None:
-    dataset = make_dataset(4)
+    dataset = make_math_dataset(4)
     model = make_model()
     run = services.evaluation_run_create(dataset=dataset, models=[model], samples=2, queue=False)
     detail = reverse("evaluation-detail", args=[run.pk])
@@ -319,7 +303,7 @@ def test_cancel_then_resume_from_the_run_page(logged_in: Client) -> None:
 
 
 def test_a_cancelled_run_waits_for_its_requests_in_flight_before_offering_resume(logged_in: Client) -> None:
-    run = services.evaluation_run_create(dataset=make_dataset(2), models=[make_model()], queue=False)
+    run = services.evaluation_run_create(dataset=make_math_dataset(2), models=[make_model()], queue=False)
     run.batches.update(status="running")  # a lane is still finishing what it had sent
     services.evaluation_run_cancel(run=run)
     response = logged_in.get(reverse("evaluation-detail", args=[run.pk]))
@@ -334,7 +318,7 @@ def test_a_cancelled_run_waits_for_its_requests_in_flight_before_offering_resume
 
 def test_a_finished_run_with_failures_offers_resume_and_one_without_does_not(logged_in: Client, finished_run) -> None:  # type: ignore[no-untyped-def]
     assert "Resume" in text_of(logged_in.get(reverse("evaluation-detail", args=[finished_run.pk])))
-    clean = services.evaluation_run_create(dataset=make_dataset(1, name="one"), models=[make_model("m9")], queue=False)
+    clean = services.evaluation_run_create(dataset=make_math_dataset(1, name="one"), models=[make_model("m9")], queue=False)
     run_lane(clean, LanguageModel.objects.get(name="m9"), FakeLLMClient())
     page = logged_in.get(reverse("evaluation-detail", args=[clean.pk]))
     assert by_testid(page, "run-status") == "done" and "Resume" not in text_of(page) and "Cancel" not in text_of(page)
@@ -382,7 +366,7 @@ def test_a_sample_shows_its_prompt_response_answer_gold_and_reason(client: Clien
 
 
 def test_samples_are_paginated_25_to_a_page(client: Client) -> None:
-    dataset = make_dataset(30)
+    dataset = make_math_dataset(30)
     model = make_model()
     run = services.evaluation_run_create(dataset=dataset, models=[model], queue=False)
     run_lane(run, model, FakeLLMClient())

@@ -50,6 +50,18 @@ def block_first_batch(fake: FakeEmbed, batcher: MicroBatcher) -> threading.Threa
     return thread
 
 
+def embed_concurrently(fake: FakeEmbed, batcher: MicroBatcher, count: int, call: Callable[[int], None]) -> None:
+    """Hold a first batch, start `count` threads running call(i) that queue behind it, then release and join all."""
+    first = block_first_batch(fake, batcher)
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    wait_queued(batcher, count)
+    fake.gate.set()
+    for thread in [first, *threads]:
+        thread.join(timeout=20)
+
+
 def wait_queued(batcher: MicroBatcher, count: int) -> None:
     for _ in range(2000):
         with batcher._lock:  # test-only peek: how many texts wait for the next batch
@@ -72,19 +84,12 @@ def test_a_lone_call_is_embedded_at_once_in_a_batch_of_one() -> None:
 def test_calls_that_arrive_while_a_batch_runs_go_together_into_the_next_one() -> None:
     fake = FakeEmbed()
     batcher = MicroBatcher(fake, max_batch=32, max_wait_ms=0)
-    first = block_first_batch(fake, batcher)
     results: dict[int, list[float]] = {}
 
     def call(i: int) -> None:
         results[i] = batcher.embed_one(f"q-{i}").tolist()
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
-    for thread in threads:
-        thread.start()
-    wait_queued(batcher, 20)
-    fake.gate.set()
-    for thread in [first, *threads]:
-        thread.join(timeout=20)
+    embed_concurrently(fake, batcher, 20, call)
     assert [len(batch) for batch in fake.batches] == [1, 20]
     assert results == {i: [float(i), float(len(f"q-{i}"))] for i in range(20)}
     assert batcher.stats().mean_batch == pytest.approx(10.5)
@@ -93,19 +98,12 @@ def test_calls_that_arrive_while_a_batch_runs_go_together_into_the_next_one() ->
 def test_no_batch_is_larger_than_max_batch() -> None:
     fake = FakeEmbed()
     batcher = MicroBatcher(fake, max_batch=4, max_wait_ms=0)
-    first = block_first_batch(fake, batcher)
     results: dict[int, float] = {}
 
     def call(i: int) -> None:
         results[i] = float(batcher.embed_one(f"q-{i}")[0])
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(10)]
-    for thread in threads:
-        thread.start()
-    wait_queued(batcher, 10)
-    fake.gate.set()
-    for thread in [first, *threads]:
-        thread.join(timeout=20)
+    embed_concurrently(fake, batcher, 10, call)
     assert [len(batch) for batch in fake.batches] == [1, 4, 4, 2]
     assert results == {i: float(i) for i in range(10)}
     assert batcher.stats().largest == 4
@@ -155,7 +153,6 @@ def test_an_empty_call_returns_no_rows_and_runs_nothing() -> None:
 def test_an_error_reaches_every_caller_of_that_batch_and_no_one_else() -> None:
     fake = FakeEmbed(fail_on="q-3")
     batcher = MicroBatcher(fake, max_batch=32, max_wait_ms=0)
-    first = block_first_batch(fake, batcher)
     outcomes: dict[int, str] = {}
 
     def call(i: int) -> None:
@@ -165,13 +162,7 @@ def test_an_error_reaches_every_caller_of_that_batch_and_no_one_else() -> None:
         except ValueError as exc:
             outcomes[i] = str(exc)
 
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    wait_queued(batcher, 6)
-    fake.gate.set()
-    for thread in [first, *threads]:
-        thread.join(timeout=20)
+    embed_concurrently(fake, batcher, 6, call)
     assert outcomes == {i: "cannot embed q-3" for i in range(6)}
     assert batcher.stats().failed == 1
     # The batcher is still usable: the next call runs its own batch.

@@ -58,6 +58,14 @@ def real_queries() -> list[str]:
     return [row["query"] for row in rows]
 
 
+def assert_unit_length_float32_rows(embedder: Embedder, texts: list[str]) -> None:
+    """One unit-length float32 row of 384 values for each text, and no rows for no texts."""
+    out = embedder.embed(texts)
+    assert out.shape == (len(texts), 384) and out.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed([]).shape == (0, 384)
+
+
 # ---------------------------------------------------------------------------------------- registry
 
 
@@ -176,10 +184,8 @@ def minilm_torch() -> Embedder:
 
 
 def test_minilm_rows_are_unit_length_float32(minilm: Embedder) -> None:
-    out = minilm.embed(["What is the capital of France?", "2 + 2 = ?", "Write a haiku about the sea."])
-    assert out.shape == (3, 384) and out.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    assert minilm.embed([]).shape == (0, 384)
+    assert_unit_length_float32_rows(minilm, ["What is the capital of France?", "2 + 2 = ?",
+                                             "Write a haiku about the sea."])
 
 
 def test_minilm_keeps_the_callers_order_with_mixed_lengths(minilm: Embedder, onnx_dir: Path) -> None:
@@ -247,10 +253,7 @@ def e5() -> Embedder:
 
 
 def test_e5_rows_are_unit_length_float32(e5: Embedder) -> None:
-    out = e5.embed(["how much protein per day", "Wie viel Eiweiß pro Tag?", "x"])
-    assert out.shape == (3, 384) and out.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    assert e5.embed([]).shape == (0, 384)
+    assert_unit_length_float32_rows(e5, ["how much protein per day", "Wie viel Eiweiß pro Tag?", "x"])
 
 
 def test_e5_puts_a_translation_closer_than_an_unrelated_text(e5: Embedder) -> None:

@@ -5,9 +5,11 @@ the end-to-end tests with real SmolLM2 servers are in tests/integration/test_rou
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ from evaluation.models import LanguageModel
 from routing.models import RoutingDecision, SnapshotCluster
 from routing.serving import decision_log, tables
 from routing.serving import embedding as query_embedding
-from tests.support.fault_server import fault_server, hang, status
+from tests.support.fault_server import Behaviour, FaultServer, fault_server, hang, status
 from tests.support.snapshots import build_snapshot
 
 pytestmark = pytest.mark.django_db
@@ -49,6 +51,17 @@ def point_at(name: str, server) -> LanguageModel:  # type: ignore[no-untyped-def
     model.base_url, model.served_model_id = server.base_url, server.model
     model.save()
     return model
+
+
+@contextlib.contextmanager
+def first_choice_fails(team_order: list[str], failure: Behaviour,
+                       content: str) -> Iterator[tuple[FaultServer, FaultServer]]:
+    """Point the team's first choice at a server that fails with `failure` and its second at one that answers
+    `content`; yield both servers (broken, fine)."""
+    with fault_server(default=failure) as broken, fault_server(content=content) as fine:
+        point_at(team_order[0], broken)
+        point_at(team_order[1], fine)
+        yield broken, fine
 
 
 def nearest_cluster(snapshot, query: str) -> tuple[int, list[tuple[str, float]]]:  # type: ignore[no-untyped-def]
@@ -112,9 +125,7 @@ def test_answer_samples_the_best_model_votes_and_logs_everything(api, snapshot) 
 def test_a_failing_model_hands_over_to_the_next_in_the_cluster_ranking(api, snapshot) -> None:
     query = "Which planet is known as the red planet?"
     team_order = team_in_order(snapshot, query)
-    with fault_server(default=status(500)) as broken, fault_server(content="Answer: Mars") as fine:
-        point_at(team_order[0], broken)
-        point_at(team_order[1], fine)
+    with first_choice_fails(team_order, status(500), "Answer: Mars") as (broken, _):
         body = api.post("/api/v1/answer", {"query": query, "strategy": "direct", "task_type": "qa"},
                         format="json").json()
     assert body["model"] == team_order[1] and body["fallback"] is True and body["answer"] == "Mars"
@@ -127,9 +138,7 @@ def test_a_failing_model_hands_over_to_the_next_in_the_cluster_ranking(api, snap
 def test_a_server_whose_circuit_opened_is_skipped_without_being_called(api, snapshot) -> None:
     query = "Capital of France?"
     team_order = team_in_order(snapshot, query)
-    with fault_server(default=status(502)) as broken, fault_server(content="Answer: Paris") as fine:
-        point_at(team_order[0], broken)
-        point_at(team_order[1], fine)
+    with first_choice_fails(team_order, status(502), "Answer: Paris") as (broken, _):
         bodies = [api.post("/api/v1/answer", {"query": query, "strategy": "direct"}, format="json").json()
                   for _ in range(7)]
     assert all(b["model"] == team_order[1] and b["fallback"] for b in bodies)
@@ -143,9 +152,7 @@ def test_a_server_whose_circuit_opened_is_skipped_without_being_called(api, snap
 def test_a_hung_server_times_out_and_the_next_model_answers_within_the_deadline(api, snapshot) -> None:
     query = "Name a prime number."
     team_order = team_in_order(snapshot, query)
-    with fault_server(default=hang(30)) as hung, fault_server(content="Answer: 7") as fine:
-        point_at(team_order[0], hung)
-        point_at(team_order[1], fine)
+    with first_choice_fails(team_order, hang(30), "Answer: 7"):
         body = api.post("/api/v1/answer", {"query": query, "strategy": "direct", "timeout_s": 10},
                         format="json").json()
     assert body["model"] == team_order[1] and body["fallback"] and body["failures"][0]["kind"] == "timeout"
@@ -270,9 +277,7 @@ def test_chat_completions_answers_as_openai_does_with_the_decision_attached(api,
 def test_chat_completions_streams_the_chosen_models_tokens_as_server_sent_events(api, snapshot) -> None:
     query = "Say hello"
     team_order = team_in_order(snapshot, query)
-    with fault_server(default=status(503)) as broken, fault_server(content="Hello there, friend") as server:
-        point_at(team_order[0], broken)
-        point_at(team_order[1], server)
+    with first_choice_fails(team_order, status(503), "Hello there, friend"):
         response = api.post("/v1/chat/completions", {"model": f"avengers/{snapshot.pk}", "stream": True,
                                                      "messages": [{"role": "user", "content": query}]}, format="json")
         assert response.status_code == 200 and response["Content-Type"] == "text/event-stream"
