@@ -2,6 +2,7 @@
 say what is wrong and where, in one shape: {"error": {"code", "message", "type", ...}}."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework_dataclasses.serializers import DataclassSerializer
 
 from avengers_web.service_errors import ServiceError
 
@@ -54,6 +56,23 @@ class PayloadTooLarge(exceptions.APIException):
 class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
+
+
+# An API answer that is a service's or selector's dataclass: the dataclass's fields are the serializer's (a subclass
+# names it in ``Meta.dataclass``), and each is required, so the schema says it is always there, even one with a default.
+# The schema names it as any serializer (after the class, or ``Meta.ref_name``), not after the dataclass.
+class DataclassOutput(DataclassSerializer):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        meta = cls.__dict__.get("Meta")  # a subclass that inherits its Meta leaves its parent's alone
+        if meta is None:
+            return
+        if getattr(meta, "ref_name", None) is None:
+            meta.ref_name = cls.__name__
+        declared = getattr(cls, "_declared_fields", {})
+        extra = getattr(meta, "extra_kwargs", {})
+        meta.extra_kwargs = {field.name: {"required": True, **extra.get(field.name, {})}
+                             for field in dataclasses.fields(meta.dataclass) if field.name not in declared}
 
 
 def paginate(request: Request, view: APIView, items: Any, serializer_class: type[serializers.BaseSerializer],

@@ -1,4 +1,5 @@
-"""Platform-wide tables: API tokens and the activity log shown on the overview page; the base of background jobs."""
+"""Platform-wide tables (API tokens, the activity log of the overview page) and the abstract bases the apps' tables
+share: who made a row and when (Owned), named resources (NamedResource), background jobs (BackgroundJob)."""
 from __future__ import annotations
 
 from django.conf import settings
@@ -53,7 +54,6 @@ class Platform(models.Model):
         managed = False
         default_permissions = ()
         permissions = [("manage_others", "Can change and control objects that other users own")]
-
 
 
 class Owned(models.Model):

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web import roles
-from avengers_web.api import FileValidationError, NameOrIdField, NamesOrIdsField, Pagination, paginate
+from avengers_web.api import DataclassOutput, FileValidationError, NameOrIdField, NamesOrIdsField, Pagination, paginate
 from avengers_web.errors import found_or_404
 from avengers_web.routes import Routes
 from evaluation import selectors, services
@@ -59,18 +59,17 @@ class DatasetOutput(serializers.ModelSerializer):
                   "n_test", "created_at", "updated_at"]
 
 
-class ImportSummaryOutput(serializers.Serializer):
-    format = serializers.CharField()
-    datasets = inline_serializer("ImportedDataset", {
-        "name": serializers.CharField(), "id": serializers.IntegerField(), "created": serializers.BooleanField(),
-        "queries_added": serializers.IntegerField(), "queries_existing": serializers.IntegerField(),
-        "train_added": serializers.IntegerField(), "test_added": serializers.IntegerField(),
-    }, many=True)
-    queries_added = serializers.IntegerField()
-    queries_existing = serializers.IntegerField()
-    models_created = serializers.ListField(child=serializers.CharField())
-    responses_added = serializers.IntegerField()
-    responses_existing = serializers.IntegerField()
+class ImportedDatasetOutput(DataclassOutput):
+    class Meta:
+        dataclass = services.DatasetSummary
+        ref_name = "ImportedDataset"
+
+
+class ImportSummaryOutput(DataclassOutput):
+    datasets = ImportedDatasetOutput(many=True)
+
+    class Meta:
+        dataclass = services.ImportSummary
 
 
 @endpoints("datasets", name="api-datasets")
@@ -103,7 +102,7 @@ class DatasetListCreateApi(APIView):
             if exc.problems[0].field == "name" and not exc.problems[0].line:
                 raise serializers.ValidationError({"name": [exc.problems[0].message]}) from None
             raise FileValidationError("file", [p.as_dict() for p in exc.problems], str(exc)) from None
-        return Response(ImportSummaryOutput(summary.as_dict()).data, status=status.HTTP_201_CREATED)
+        return Response(ImportSummaryOutput(summary).data, status=status.HTTP_201_CREATED)
 
 
 @endpoints("datasets/<int:pk>", name="api-dataset-detail")

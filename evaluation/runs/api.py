@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web import roles
-from avengers_web.api import Pagination, paginate
+from avengers_web.api import DataclassOutput, Pagination, paginate
 from avengers_web.errors import found_or_404
 from avengers_web.routes import Routes
 from evaluation import selectors
@@ -23,31 +23,19 @@ from evaluation.runs import services
 endpoints = Routes()
 
 
-# What a run and each of its models count: samples answered, failed, and answered from the cache.
-class SampleCountsOutput(serializers.Serializer):
-    done = serializers.IntegerField()
-    failed = serializers.IntegerField()
-    cached = serializers.IntegerField()
+class ModelProgressOutput(DataclassOutput):
+    class Meta:
+        dataclass = selectors.ModelProgress
+        extra_kwargs = {"mean_score": {"help_text": "Mean score of the graded samples (accuracy)."}}
 
 
-class ModelProgressOutput(SampleCountsOutput):
-    model_id = serializers.IntegerField()
-    model_name = serializers.CharField()
-    graded = serializers.IntegerField()
-    correct = serializers.IntegerField()
-    mean_score = serializers.FloatField(allow_null=True, help_text="Mean score of the graded samples (accuracy).")
-    prompt_tokens = serializers.IntegerField()
-    completion_tokens = serializers.IntegerField()
-
-
-class ProgressOutput(SampleCountsOutput):
-    total = serializers.IntegerField()
-    remaining = serializers.IntegerField()
+class ProgressOutput(DataclassOutput):
     fraction = serializers.FloatField()
-    rate_per_s = serializers.FloatField(allow_null=True, help_text="Samples finished per second since (re)start.")
-    eta_s = serializers.FloatField(allow_null=True)
     models = ModelProgressOutput(many=True)
-    batches = serializers.DictField(child=serializers.IntegerField())
+
+    class Meta:
+        dataclass = selectors.RunProgress
+        extra_kwargs = {"rate_per_s": {"help_text": "Samples finished per second since (re)start."}}
 
 
 class RunOutput(serializers.ModelSerializer):
@@ -69,8 +57,7 @@ class RunOutput(serializers.ModelSerializer):
 
     @extend_schema_field(ProgressOutput)
     def get_progress(self, run: EvaluationRun) -> dict[str, Any]:
-        progress = selectors.run_progress(run)
-        return ProgressOutput({**progress.__dict__, "fraction": progress.fraction}).data
+        return ProgressOutput(selectors.run_progress(run)).data
 
 
 class RunCreateInput(serializers.Serializer):

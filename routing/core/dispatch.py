@@ -22,6 +22,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from avengers_web.core.registry import Registry
 from evaluation.core.generation import CircuitOpenError, Completion, GenerationError
 from routing.core.clustering import normalise
 from routing.core.router import ClusterRouter, Router, RowRanker
@@ -45,14 +46,11 @@ class Strategy:
 
 
 # The strategies by name, in the order the API lists them: a new one is one register_strategy call here.
-STRATEGIES: dict[str, Strategy] = {}
+STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
 def register_strategy(strategy: Strategy) -> Strategy:
-    if strategy.name in STRATEGIES:
-        raise ValueError(f"strategy {strategy.name!r} is already registered")
-    STRATEGIES[strategy.name] = strategy
-    return strategy
+    return STRATEGIES.add(strategy.name, strategy)
 
 
 def _vote_first_model(groups: Sequence[Sequence[Sample]], normalise: Normaliser, threshold: float) -> Vote:

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from avengers_web.core.registry import Registry
 from routing.core.clustering import Clustering, normalise
 from routing.core.profiles import TIE_TOLERANCE, Profiles, build_profiles, group_totals, nan_mean
 
@@ -317,7 +318,7 @@ class RouterDefinition:
                                       for k, v in params.items()}}
 
 
-ROUTERS: dict[str, RouterDefinition] = {}
+ROUTERS: Registry[RouterDefinition] = Registry("router")
 
 
 class Clusterings:
@@ -343,19 +344,15 @@ class Clusterings:
 def register_router(name: str, label: str, *, uses_clusters: Callable[[Mapping[str, Any]], bool] | None = None,
                     at_most: Mapping[str, float] | None = None, **parameters: Any) -> Callable[[F], F]:
     def decorator(fit: F) -> F:
-        if name in ROUTERS:
-            raise ValueError(f"router {name!r} is already registered")
-        ROUTERS[name] = RouterDefinition(name, label, dict(parameters), fit,
-                                         uses_clusters or (lambda params: True), dict(at_most or {}))
+        ROUTERS.add(name, RouterDefinition(name, label, dict(parameters), fit, uses_clusters or (lambda params: True),
+                                           dict(at_most or {})))
         return fit
 
     return decorator
 
 
 def get_router(name: str) -> RouterDefinition:
-    if name not in ROUTERS:
-        raise ValueError(f"unknown router {name!r}; known: {', '.join(sorted(ROUTERS))}")
-    return ROUTERS[name]
+    return ROUTERS.find(name)
 
 
 def fit_router(name: str, train: TrainData, models: Sequence[str], params: Mapping[str, Any] | None = None,

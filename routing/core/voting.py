@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from avengers_web.core.registry import Registry
+
 Normaliser = Callable[[str], str | None]  # raw extracted answer -> canonical key; None/"" = unparseable
 
 
@@ -67,16 +69,14 @@ class VotingRule:
         return self.function(*args, **kwargs)
 
 
-VOTING_RULES: dict[str, VotingRule] = {}
+VOTING_RULES: Registry[VotingRule] = Registry("voting rule")
 
 
 def register_voting_rule(name: str, *, description: str, grouped: bool = False) -> Callable[[_F], _F]:
     """Register the decorated function in ``VOTING_RULES`` under ``name``."""
 
     def decorate(function: _F) -> _F:
-        if name in VOTING_RULES:
-            raise ValueError(f"voting rule {name!r} is already registered")
-        VOTING_RULES[name] = VotingRule(name=name, description=description, grouped=grouped, function=function)
+        VOTING_RULES.add(name, VotingRule(name=name, description=description, grouped=grouped, function=function))
         return function
 
     return decorate

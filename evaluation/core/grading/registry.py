@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar, overload
 
+from avengers_web.core.registry import Registry
+
 
 @dataclass(frozen=True)
 class Grade:
@@ -57,7 +59,7 @@ class Grader:
         return self.function(response, gold, **options)
 
 
-GRADERS: dict[str, Grader] = {}
+GRADERS: Registry[Grader] = Registry("grader")
 _G = TypeVar("_G", bound=GraderFunction)
 
 
@@ -77,12 +79,10 @@ def register_grader(name: str, *, description: str, normalise: Normalise, higher
                          "and not among its query_options")
 
     def decorate(function: _G) -> _G:
-        if name in GRADERS:
-            raise ValueError(f"grader {name!r} is already registered")
-        GRADERS[name] = Grader(name=name, description=description, higher_is_better=higher_is_better,
-                               score=score, options=options, query_options=query_options, free_text=free_text,
-                               normalise=normalise, function=function, query_text_option=query_text_option,
-                               setting_options=from_settings)
+        GRADERS.add(name, Grader(name=name, description=description, higher_is_better=higher_is_better,
+                                 score=score, options=options, query_options=query_options, free_text=free_text,
+                                 normalise=normalise, function=function, query_text_option=query_text_option,
+                                 setting_options=from_settings))
         return function
 
     return decorate
@@ -90,7 +90,7 @@ def register_grader(name: str, *, description: str, normalise: Normalise, higher
 
 def unregister_grader(name: str) -> Grader:
     """Remove the grader registered under ``name`` and return it (for tests of a throw-away grader)."""
-    return GRADERS.pop(name)
+    return GRADERS.remove(name)
 
 
 class RegistryView(Sequence[str]):

@@ -9,6 +9,8 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from avengers_web.core.registry import Registry
+
 ProgressCallback = Callable[[int, int], None]  # (texts done, texts in all), called as batches finish
 
 DEFAULT_EMBEDDER = "minilm-static"  # the platform's AVENGERS_EMBEDDER defaults to it; so does the offline evaluator
@@ -42,7 +44,7 @@ class EmbedderInfo:
     factory: Callable[..., Embedder]
 
 
-EMBEDDERS: dict[str, EmbedderInfo] = {}
+EMBEDDERS: Registry[EmbedderInfo] = Registry("embedder")
 F = TypeVar("F", bound=Callable[..., Embedder])
 
 
@@ -50,9 +52,7 @@ def register_embedder(name: str, *, dimensions: int, multilingual: bool, descrip
     """Register an embedder factory under ``name``, with its metadata."""
 
     def decorator(factory: F) -> F:
-        if name in EMBEDDERS:
-            raise ValueError(f"an embedder named {name!r} is already registered")
-        EMBEDDERS[name] = EmbedderInfo(name, dimensions, multilingual, description, factory)
+        EMBEDDERS.add(name, EmbedderInfo(name, dimensions, multilingual, description, factory))
         return factory
 
     return decorator

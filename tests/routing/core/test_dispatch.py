@@ -177,7 +177,7 @@ def test_a_strategy_registered_in_one_place_is_served(monkeypatch) -> None:  # t
     from routing.core.voting import majority_vote
 
     # A throw-away strategy: consult models while they disagree, then take the last one's word.
-    monkeypatch.setattr(dispatch, "STRATEGIES", dict(dispatch.STRATEGIES))
+    monkeypatch.setattr(dispatch, "STRATEGIES", dispatch.STRATEGIES.copy())
     last_word = dispatch.register_strategy(dispatch.Strategy(
         "last_word", "last word", "the last model consulted decides",
         lambda groups, normalise, threshold: majority_vote(groups[-1], normalise), consults_next=True))

@@ -1,0 +1,1 @@
+"""Pure Python shared by the apps' cores: no Django, tested alone."""
