@@ -2,6 +2,8 @@
 share: who made a row and when (Owned), named resources (NamedResource), background jobs (BackgroundJob)."""
 from __future__ import annotations
 
+import sys
+
 from django.conf import settings
 from django.db import models
 
@@ -82,8 +84,13 @@ class NamedResource(Owned):
 
 
 def job_statuses(*values: str) -> type[models.TextChoices]:
-    """The statuses a job goes through, in order: ``job_statuses("pending", "done")`` has ``PENDING = "pending"``."""
-    return models.TextChoices("Status", [(value.upper(), value) for value in values])
+    """The statuses a job goes through, in order: ``Status = job_statuses("pending", "done")`` in a model's body
+    has ``Status.PENDING == "pending"``, as a ``class Status(models.TextChoices)`` written out would."""
+    # Name the enum after where it is assigned (as the enum module itself finds its module), so that its members
+    # pickle and print as EvaluationRun.Status.DONE would if it were written out.
+    caller = sys._getframe(1)
+    return models.TextChoices("Status", [(value.upper(), value) for value in values],
+                              module=caller.f_globals["__name__"], qualname=f"{caller.f_code.co_qualname}.Status")
 
 
 class BackgroundJob(Owned):
