@@ -1,6 +1,7 @@
 // Charts of the routing pages (snapshots, map, playground, traffic), drawn with the vendored Chart.js
 // (static/routing/vendor). Every chart reads its data from a <script type="application/json"> the server wrote,
-// and writes its numbers and names on the canvas itself (values over the bars, cluster numbers at the centroids), so nothing needs a hover to be read.
+// and writes its numbers and names on the canvas itself (values over the bars, cluster numbers at the centroids),
+// so nothing needs a hover to be read. A canvas's data-chart says which chart it is (bar when it says none).
 (function () {
   "use strict";
   if (typeof Chart === "undefined") return;
