@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -84,14 +84,6 @@ def _run_as_stored(pk: int, code: int = status.HTTP_200_OK) -> Response:
     return Response(RunOutput(_run_or_404(pk)).data, status=code)
 
 
-def _change_run(request: Request, pk: int, action: Callable[..., EvaluationRun]) -> Response:
-    """Apply a service (cancel, resume) to the run and answer with the run as it is now."""
-    run = _run_or_404(pk)
-    roles.require(request.user, roles.CONTROL_RUN, run)
-    action(run=run, user=request.user)
-    return _run_as_stored(pk)
-
-
 @endpoints("evaluations", name="api-evaluations")
 class RunListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
@@ -124,24 +116,33 @@ class RunDetailApi(APIView):
         return _run_as_stored(pk)
 
 
-@endpoints("evaluations/<int:pk>/cancel", name="api-evaluation-cancel")
-class RunCancelApi(APIView):
-    write_permissions = {"POST": roles.CONTROL_RUN}
+class _RunControlApi(APIView):
+    """POST: apply a service (cancel, resume) to the run and answer with the run as it is now."""
 
-    @extend_schema(operation_id="evaluations_cancel", request=None, responses=RunOutput,
-                   description="Stop the run: requests in flight finish and are saved; resume continues later.")
+    write_permissions = {"POST": roles.CONTROL_RUN}
+    change: Callable[..., EvaluationRun]  # a service: (run=, user=) -> the run
+
     def post(self, request: Request, pk: int) -> Response:
-        return _change_run(request, pk, services.evaluation_run_cancel)
+        run = _run_or_404(pk)
+        roles.require(request.user, roles.CONTROL_RUN, run)
+        type(self).change(run=run, user=request.user)
+        return _run_as_stored(pk)
+
+
+@endpoints("evaluations/<int:pk>/cancel", name="api-evaluation-cancel")
+@extend_schema_view(post=extend_schema(
+    operation_id="evaluations_cancel", request=None, responses=RunOutput,
+    description="Stop the run: requests in flight finish and are saved; resume continues later."))
+class RunCancelApi(_RunControlApi):
+    change = services.evaluation_run_cancel
 
 
 @endpoints("evaluations/<int:pk>/resume", name="api-evaluation-resume")
-class RunResumeApi(APIView):
-    write_permissions = {"POST": roles.CONTROL_RUN}
-
-    @extend_schema(operation_id="evaluations_resume", request=None, responses=RunOutput,
-                   description="Queue again only the samples that are missing or failed.")
-    def post(self, request: Request, pk: int) -> Response:
-        return _change_run(request, pk, services.evaluation_run_resume)
+@extend_schema_view(post=extend_schema(
+    operation_id="evaluations_resume", request=None, responses=RunOutput,
+    description="Queue again only the samples that are missing or failed."))
+class RunResumeApi(_RunControlApi):
+    change = services.evaluation_run_resume
 
 
 class SampleOutput(serializers.ModelSerializer):
