@@ -9,10 +9,11 @@ Each views or API module makes one ``Routes`` and puts it above each view it ser
 
 and the app's ``urls.py`` mounts ``pages.urlpatterns``. A page's ``role`` sends visitors to log in and refuses
 users without that permission (``roles.role_required``); ``post_only`` answers 405 to anything but a POST (a
-button's view). The pattern is built from the module's attribute when
-the URL configuration is read, not from the object the decorator saw, so the view served is the one with all of
-its decorators whatever their order (a permission check can never be left out by putting ``@pages`` below it).
-An API view class is served through ``as_view()``.
+button's view). The pattern is built from the module's attribute when the URL configuration is read, not from the
+object the decorator saw, so the view served is the one with all of its decorators whatever their order (a
+permission check can never be left out by putting ``@pages`` below it). An API view class is served through
+``as_view()`` and declares its permissions itself (``write_permissions``), so ``role`` and ``post_only`` are
+refused on one.
 """
 from __future__ import annotations
 

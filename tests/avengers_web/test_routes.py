@@ -11,6 +11,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.views import APIView
 
+from avengers_web import roles
 from avengers_web.routes import Routes
 
 routes = Routes()
@@ -47,6 +48,24 @@ def test_an_api_view_class_is_served_through_as_view() -> None:
     pattern = routes.urlpatterns[1]
     assert pattern.callback.view_class is ThingsApi  # type: ignore[attr-defined]
     assert pattern.name == "test-things"
+
+
+def test_an_api_view_may_not_take_a_pages_role_or_method_rule() -> None:
+    with pytest.raises(TypeError, match="declares its permissions itself"):
+        Routes()("more-things", name="more-things", role=roles.BUILD_SNAPSHOT)(ThingsApi)
+    with pytest.raises(TypeError, match="declares its permissions itself"):
+        Routes()("more-things", name="more-things", post_only=True)(ThingsApi)
+
+
+def test_a_role_and_post_only_wrap_the_view_log_in_first(rf) -> None:  # type: ignore[no-untyped-def]
+    from django.contrib.auth.models import AnonymousUser
+
+    guarded = Routes()("guarded/", name="guarded", role=roles.BUILD_SNAPSHOT, post_only=True)(
+        lambda request: HttpResponse("done"))
+    for request in (rf.post("/guarded/"), rf.get("/guarded/")):
+        request.user = AnonymousUser()
+        response = guarded(request)
+        assert response.status_code == 302 and "/login/" in response["Location"]  # not a 405 for the GET
 
 
 def test_a_url_name_declared_twice_is_refused() -> None:
