@@ -5,10 +5,11 @@ read-only dict, in the order entries were added, which is the order the platform
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+Decorated = TypeVar("Decorated", bound=Callable[..., Any])  # what a register_* decorator gives back unchanged
 
 
 class Registry(Mapping[str, T]):
@@ -24,6 +25,18 @@ class Registry(Mapping[str, T]):
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = entry
         return entry
+
+    def registering(self, name: str, entry: Callable[[Any], T]) -> Callable[[Decorated], Decorated]:
+        """A decorator that adds ``entry(function)`` under ``name`` and gives the function back unchanged.
+
+        Each extension point's ``register_*`` decorator is this, with what its entries hold besides the function.
+        """
+
+        def decorate(function: Decorated) -> Decorated:
+            self.add(name, entry(function))
+            return function
+
+        return decorate
 
     def remove(self, name: str) -> T:
         """Take the entry registered under ``name`` out and return it (a test's throw-away entry)."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from avengers_web.core.registry import Registry
+
 
 def normalise(rows: NDArray[np.floating]) -> NDArray[np.float32]:
     """Return the rows scaled to unit length (zero rows stay zero)."""
@@ -38,15 +40,12 @@ class Clustering:
 
 
 FitLabels = Callable[[NDArray[np.float32], int, int], tuple[NDArray[np.intp], NDArray[np.float32] | None]]
-CLUSTERING_METHODS: dict[str, FitLabels] = {}
+CLUSTERING_METHODS: Registry[FitLabels] = Registry("clustering method")
 
 
 def register_method(name: str) -> Callable[[FitLabels], FitLabels]:
-    def decorator(function: FitLabels) -> FitLabels:
-        CLUSTERING_METHODS[name] = function
-        return function
-
-    return decorator
+    """Register the decorated function, (unit rows, k, seed) -> (labels, centres or None), under ``name``."""
+    return CLUSTERING_METHODS.registering(name, lambda function: function)
 
 
 @register_method("kmeans")
@@ -96,8 +95,7 @@ def _birch(x: NDArray[np.float32], k: int, seed: int) -> tuple[NDArray[np.intp],
 
 def fit_clusters(embeddings: NDArray[np.floating], *, k: int, method: str = "kmeans", seed: int = 42) -> Clustering:
     """Cluster the rows into ``k`` groups (at most one per distinct row) and return unit-length centroids."""
-    if method not in CLUSTERING_METHODS:
-        raise ValueError(f"unknown clustering method {method!r}; known: {', '.join(sorted(CLUSTERING_METHODS))}")
+    fit_labels = CLUSTERING_METHODS.find(method)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     x = normalise(embeddings)
@@ -108,7 +106,7 @@ def fit_clusters(embeddings: NDArray[np.floating], *, k: int, method: str = "kme
         labels = np.zeros(x.shape[0], dtype=np.intp)
         centres = None
     else:
-        labels, centres = CLUSTERING_METHODS[method](x, k, seed)
+        labels, centres = fit_labels(x, k, seed)
     labels = np.asarray(labels, dtype=np.intp)
     if centres is None:
         centres = np.stack([x[labels == c].mean(axis=0) if np.any(labels == c) else np.zeros(x.shape[1], np.float32)

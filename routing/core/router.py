@@ -22,12 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from avengers_web.core.registry import Registry
+from avengers_web.core.registry import Decorated, Registry
 from routing.core.clustering import Clustering, normalise
 from routing.core.profiles import TIE_TOLERANCE, Profiles, build_profiles, group_totals, nan_mean
 
@@ -267,7 +267,6 @@ class TrainData:
 
 
 Fit = Callable[..., Router]
-F = TypeVar("F", bound=Fit)
 
 
 @dataclass(frozen=True)
@@ -342,13 +341,11 @@ class Clusterings:
 
 
 def register_router(name: str, label: str, *, uses_clusters: Callable[[Mapping[str, Any]], bool] | None = None,
-                    at_most: Mapping[str, float] | None = None, **parameters: Any) -> Callable[[F], F]:
-    def decorator(fit: F) -> F:
-        ROUTERS.add(name, RouterDefinition(name, label, dict(parameters), fit, uses_clusters or (lambda params: True),
-                                           dict(at_most or {})))
-        return fit
-
-    return decorator
+                    at_most: Mapping[str, float] | None = None,
+                    **parameters: Any) -> Callable[[Decorated], Decorated]:
+    """Register the decorated fit function in ``ROUTERS``; ``parameters`` are its keyword arguments' defaults."""
+    return ROUTERS.registering(name, lambda fit: RouterDefinition(
+        name, label, dict(parameters), fit, uses_clusters or (lambda params: True), dict(at_most or {})))
 
 
 def get_router(name: str) -> RouterDefinition:

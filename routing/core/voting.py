@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from avengers_web.core.registry import Registry
+from avengers_web.core.registry import Decorated, Registry
 
 Normaliser = Callable[[str], str | None]  # raw extracted answer -> canonical key; None/"" = unparseable
 
@@ -52,7 +52,6 @@ class Vote:
 
 
 VotingFunction = Callable[..., Vote]
-_F = TypeVar("_F", bound=VotingFunction)
 
 
 @dataclass(frozen=True)
@@ -72,14 +71,11 @@ class VotingRule:
 VOTING_RULES: Registry[VotingRule] = Registry("voting rule")
 
 
-def register_voting_rule(name: str, *, description: str, grouped: bool = False) -> Callable[[_F], _F]:
+def register_voting_rule(name: str, *, description: str,
+                         grouped: bool = False) -> Callable[[Decorated], Decorated]:
     """Register the decorated function in ``VOTING_RULES`` under ``name``."""
-
-    def decorate(function: _F) -> _F:
-        VOTING_RULES.add(name, VotingRule(name=name, description=description, grouped=grouped, function=function))
-        return function
-
-    return decorate
+    return VOTING_RULES.registering(name, lambda function: VotingRule(name=name, description=description,
+                                                                      grouped=grouped, function=function))
 
 
 def answer_key(answer: str | None, normalise: Normaliser) -> str | None:

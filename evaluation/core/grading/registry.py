@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Protocol, overload
 
-from avengers_web.core.registry import Registry
+from avengers_web.core.registry import Decorated, Registry
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,12 @@ class Grader:
 
 
 GRADERS: Registry[Grader] = Registry("grader")
-_G = TypeVar("_G", bound=GraderFunction)
 
 
 def register_grader(name: str, *, description: str, normalise: Normalise, higher_is_better: bool = True,
                     score: str = "binary", options: tuple[str, ...] = (), query_options: tuple[str, ...] = (),
                     free_text: bool = False, query_text_option: str | None = None,
-                    setting_options: Mapping[str, str] | None = None) -> Callable[[_G], _G]:
+                    setting_options: Mapping[str, str] | None = None) -> Callable[[Decorated], Decorated]:
     """Register the decorated function in ``GRADERS`` under ``name``."""
     from_settings = dict(setting_options or {})
     if not set(query_options) <= set(options):
@@ -78,14 +77,10 @@ def register_grader(name: str, *, description: str, normalise: Normalise, higher
         raise ValueError(f"grader {name!r}: setting_options {sorted(from_settings)} must be among its options "
                          "and not among its query_options")
 
-    def decorate(function: _G) -> _G:
-        GRADERS.add(name, Grader(name=name, description=description, higher_is_better=higher_is_better,
-                                 score=score, options=options, query_options=query_options, free_text=free_text,
-                                 normalise=normalise, function=function, query_text_option=query_text_option,
-                                 setting_options=from_settings))
-        return function
-
-    return decorate
+    return GRADERS.registering(name, lambda function: Grader(
+        name=name, description=description, higher_is_better=higher_is_better, score=score, options=options,
+        query_options=query_options, free_text=free_text, normalise=normalise, function=function,
+        query_text_option=query_text_option, setting_options=from_settings))
 
 
 def unregister_grader(name: str) -> Grader:

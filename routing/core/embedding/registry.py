@@ -4,12 +4,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from avengers_web.core.registry import Registry
+from avengers_web.core.registry import Decorated, Registry
 
 ProgressCallback = Callable[[int, int], None]  # (texts done, texts in all), called as batches finish
 
@@ -45,17 +45,13 @@ class EmbedderInfo:
 
 
 EMBEDDERS: Registry[EmbedderInfo] = Registry("embedder")
-F = TypeVar("F", bound=Callable[..., Embedder])
 
 
-def register_embedder(name: str, *, dimensions: int, multilingual: bool, description: str) -> Callable[[F], F]:
+def register_embedder(name: str, *, dimensions: int, multilingual: bool,
+                      description: str) -> Callable[[Decorated], Decorated]:
     """Register an embedder factory under ``name``, with its metadata."""
-
-    def decorator(factory: F) -> F:
-        EMBEDDERS.add(name, EmbedderInfo(name, dimensions, multilingual, description, factory))
-        return factory
-
-    return decorator
+    return EMBEDDERS.registering(name, lambda factory: EmbedderInfo(name, dimensions, multilingual, description,
+                                                                    factory))
 
 
 def get_embedder(name: str, **options: Any) -> Embedder:

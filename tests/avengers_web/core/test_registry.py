@@ -37,3 +37,17 @@ def test_a_copy_takes_additions_without_changing_the_original_and_remove_undoes_
     copied.add("blue", 2)
     assert list(colours) == ["red"] and list(copied) == ["red", "blue"]
     assert copied.remove("blue") == 2 and list(copied) == ["red"]
+
+
+def test_registering_adds_the_entry_built_from_the_function_and_gives_the_function_back() -> None:
+    shouts: Registry[tuple[str, str]] = Registry("shout")
+
+    @shouts.registering("hello", lambda function: ("loud", function("hello")))
+    def upper(text: str) -> str:
+        return text.upper()
+
+    assert upper("hi") == "HI"  # the decorated function itself, unchanged
+    assert shouts["hello"] == ("loud", "HELLO")
+    with pytest.raises(ValueError, match="shout 'hello' is already registered"):
+        shouts.registering("hello", lambda function: ("again", ""))(upper)
+    assert shouts["hello"] == ("loud", "HELLO")

@@ -51,7 +51,7 @@ def test_k_is_capped_by_the_number_of_distinct_points() -> None:
 
 def test_bad_arguments_are_refused() -> None:
     x, _ = blobs()
-    with pytest.raises(ValueError, match="unknown clustering method 'dbscan'"):
+    with pytest.raises(ValueError, match="unknown clustering method 'dbscan'; known: agglomerative, birch, "):
         fit_clusters(x, k=3, method="dbscan")
     with pytest.raises(ValueError, match="at least 1"):
         fit_clusters(x, k=0)
