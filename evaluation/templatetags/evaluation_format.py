@@ -5,10 +5,11 @@ import json
 
 from django import template
 
-from avengers_web.formatting import UNKNOWN, known_only
+from avengers_web.formatting import UNKNOWN, number_filter
 from evaluation.core.secrets import url_without_credentials
 
 register = template.Library()
+number = number_filter(register)
 
 
 @register.filter
@@ -21,22 +22,19 @@ def percent(numerator: int | None, denominator: int | None) -> str:
     return f"{tenths // 10}.{tenths % 10}%"
 
 
-@register.filter
-@known_only
+@number
 def whole_percent(fraction: float) -> str:
     """Return a fraction in [0, 1] as a whole percentage, e.g. "45%"; "–" when unknown."""
     return f"{int(fraction * 100 + 0.5)}%"
 
 
-@register.filter
-@known_only
+@number
 def rate(per_second: float) -> str:
     """Return samples per second with one decimal; "–" before the first sample."""
     return f"{int(per_second * 10 + 0.5) / 10:.1f}/s"
 
 
-@register.filter
-@known_only
+@number
 def duration(seconds: float) -> str:
     """Return seconds as "42 s", "3 min 5 s" or "2 h 4 min"; "–" when unknown."""
     total = int(seconds + 0.5)

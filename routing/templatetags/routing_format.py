@@ -5,24 +5,23 @@ from django import template
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from avengers_web.formatting import known_only
+from avengers_web.formatting import number_filter
 
 register = template.Library()
+number = number_filter(register)
 
 # Viridis at five stops: perceptually even, readable in grey and by people with colour-blindness.
 _STOPS = ((0.0, (68, 1, 84)), (0.25, (59, 82, 139)), (0.5, (33, 145, 140)), (0.75, (94, 201, 98)),
           (1.0, (253, 231, 37)))
 
 
-@register.filter
-@known_only
+@number
 def accuracy(value: float) -> str:
     """Return a held-out accuracy (already in %) with one decimal; "–" when it was not measured."""
     return f"{value:.1f}"
 
 
-@register.filter
-@known_only
+@number
 def signed(value: float) -> str:
     """Return a difference with its sign and one decimal ("+1.8", "−0.4", "0.0"); "–" when unknown."""
     rounded = round(value, 1)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import pytest
+from django import template
 
-from avengers_web.formatting import UNKNOWN, known_only
+from avengers_web.formatting import UNKNOWN, known_only, number_filter
 from evaluation.templatetags import evaluation_format
 from routing.templatetags import routing_format
 
@@ -33,3 +34,16 @@ def test_known_only_keeps_none_from_the_formatter() -> None:
 def test_each_number_filter_formats_known_values_and_dashes_unknown_ones(formatter, value, shown) -> None:  # type: ignore[no-untyped-def]
     assert formatter(value) == shown
     assert formatter(None) == "–"
+
+
+def test_number_filter_registers_the_formatter_under_its_name_with_unknown_values_dashed() -> None:
+    library = template.Library()
+
+    @number_filter(library)
+    def tenths(value: float) -> str:
+        return f"{value:.1f}"
+
+    assert library.filters["tenths"] is tenths
+    assert tenths(None) == UNKNOWN and tenths(0.25) == "0.2"
+    page = template.Template("{% load evaluation_format %}{{ a|whole_percent }} {{ b|whole_percent }}")
+    assert page.render(template.Context({"a": None, "b": 0.5})) == "– 50%"
