@@ -1,6 +1,7 @@
 """OpenAPI: the bearer-token authentication, and the errors every operation documents in the API's one shape."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from drf_spectacular import openapi
@@ -43,6 +44,11 @@ ERRORS = {
 
 class AutoSchema(openapi.AutoSchema):
     """drf-spectacular's schema, with the errors each operation can answer documented in the API's error shape."""
+
+    def get_description(self) -> str:
+        # A view's docstring is wrapped at the code's line length; as a description it is prose, so a single line
+        # break joins the lines (a blank line still starts a paragraph).
+        return re.sub(r"(?<!\n)\n(?!\n)", " ", super().get_description())
 
     def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
         responses: dict[str, Any] = super()._get_response_bodies(direction)

@@ -77,6 +77,14 @@ class SnapshotCreateInput(serializers.Serializer):
                                                     'infinity as "inf".')
 
 
+class AddModelInput(serializers.Serializer):
+    model = model_field(help_text="Model name or id.")
+
+
+class AddDatasetInput(serializers.Serializer):
+    dataset = dataset_field(help_text="Dataset name or id.")
+
+
 @endpoints("snapshots", name="api-snapshots")
 class SnapshotListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
@@ -126,43 +134,38 @@ class SnapshotActivateApi(APIView):
 
 
 class _DeriveApi(APIView):
-    """Derive a snapshot from this one with what the body names; 200 with this one when nothing would change."""
+    # POST derives a snapshot from this one with what the body names, or answers 200 with this one when nothing would
+    # change. Each subclass names its body (``serializer_class``, which the schema reads too) and its service; its
+    # docstring is the operation's description in the OpenAPI schema.
 
     write_permissions = {"POST": roles.BUILD_SNAPSHOT}
-    input_serializer: type[serializers.Serializer]
+    serializer_class: type[serializers.Serializer]
     derive: Callable[..., RouterSnapshot]  # a service: (snapshot=, user=, **the body's fields) -> the snapshot
 
+    @extend_schema(responses={201: SnapshotOutput})
     def post(self, request: Request, pk: int) -> Response:
-        serializer = self.input_serializer(data=request.data)
+        serializer = self.serializer_class(data=request.data)
         serializer.is_valid(raise_exception=True)
         return _derive(request, pk, type(self).derive, **serializer.validated_data)
 
 
-class AddModelInput(serializers.Serializer):
-    model = model_field(help_text="Model name or id.")
-
-
 @endpoints("snapshots/<int:pk>/add-model", name="api-snapshot-add-model")
-@extend_schema_view(post=extend_schema(
-    operation_id="snapshots_add_model", request=AddModelInput, responses={201: SnapshotOutput},
-    description="Derive a snapshot with the same clusters and this model's profile added; the model is evaluated "
-                "first on the train queries it has no results for."))
+@extend_schema_view(post=extend_schema(operation_id="snapshots_add_model"))
 class SnapshotAddModelApi(_DeriveApi):
-    input_serializer = AddModelInput
+    """Derive a snapshot with the same clusters and this model's profile added; the model is evaluated first
+    on the train queries it has no results for."""
+
+    serializer_class = AddModelInput
     derive = services.snapshot_add_model
 
 
-class AddDatasetInput(serializers.Serializer):
-    dataset = dataset_field(help_text="Dataset name or id.")
-
-
 @endpoints("snapshots/<int:pk>/add-dataset", name="api-snapshot-add-dataset")
-@extend_schema_view(post=extend_schema(
-    operation_id="snapshots_add_dataset", request=AddDatasetInput, responses={201: SnapshotOutput},
-    description="Derive a snapshot over the union of datasets, re-clustered, after embedding the new queries and "
-                "evaluating the pool on its train split."))
+@extend_schema_view(post=extend_schema(operation_id="snapshots_add_dataset"))
 class SnapshotAddDatasetApi(_DeriveApi):
-    input_serializer = AddDatasetInput
+    """Derive a snapshot over the union of datasets, re-clustered, after embedding the new queries and evaluating
+    the pool on its train split."""
+
+    serializer_class = AddDatasetInput
     derive = services.snapshot_add_dataset
 
 

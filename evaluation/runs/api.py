@@ -117,11 +117,13 @@ class RunDetailApi(APIView):
 
 
 class _RunControlApi(APIView):
-    """POST: apply a service (cancel, resume) to the run and answer with the run as it is now."""
+    # POST applies a service (cancel, resume) to the run and answers with the run as it is now. Each subclass names
+    # its service and its operation; its docstring is the operation's description in the OpenAPI schema.
 
     write_permissions = {"POST": roles.CONTROL_RUN}
     change: Callable[..., EvaluationRun]  # a service: (run=, user=) -> the run
 
+    @extend_schema(request=None, responses=RunOutput)
     def post(self, request: Request, pk: int) -> Response:
         run = _run_or_404(pk)
         roles.require(request.user, roles.CONTROL_RUN, run)
@@ -130,18 +132,18 @@ class _RunControlApi(APIView):
 
 
 @endpoints("evaluations/<int:pk>/cancel", name="api-evaluation-cancel")
-@extend_schema_view(post=extend_schema(
-    operation_id="evaluations_cancel", request=None, responses=RunOutput,
-    description="Stop the run: requests in flight finish and are saved; resume continues later."))
+@extend_schema_view(post=extend_schema(operation_id="evaluations_cancel"))
 class RunCancelApi(_RunControlApi):
+    """Stop the run: requests in flight finish and are saved; resume continues later."""
+
     change = services.evaluation_run_cancel
 
 
 @endpoints("evaluations/<int:pk>/resume", name="api-evaluation-resume")
-@extend_schema_view(post=extend_schema(
-    operation_id="evaluations_resume", request=None, responses=RunOutput,
-    description="Queue again only the samples that are missing or failed."))
+@extend_schema_view(post=extend_schema(operation_id="evaluations_resume"))
 class RunResumeApi(_RunControlApi):
+    """Queue again only the samples that are missing or failed."""
+
     change = services.evaluation_run_resume
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 from io import StringIO
 from pathlib import Path
 
@@ -69,6 +70,18 @@ def test_the_schema_is_served(api) -> None:  # type: ignore[no-untyped-def]
     response = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert response.status_code == 200
     assert "/api/v1/datasets" in response.json()["paths"]
+
+
+def test_a_views_wrapped_docstring_is_its_operations_description_as_prose() -> None:
+    from routing.api import SnapshotAddModelApi
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    operation = schema["paths"]["/api/v1/snapshots/{id}/add-model"]["post"]
+    assert "\n" in SnapshotAddModelApi.__doc__  # wrapped in the code
+    assert operation["description"] == " ".join(inspect.cleandoc(SnapshotAddModelApi.__doc__).split("\n"))
+    assert operation["description"].startswith("Derive a snapshot with the same clusters and this model's profile")
+    assert operation["operationId"] == "snapshots_add_model"
+    assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/AddModelInputRequest")
 
 
 def test_every_documented_endpoint_has_a_test() -> None:
