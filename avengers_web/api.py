@@ -1,10 +1,11 @@
-"""Shared REST API pieces: one paginated response, fields that take a row by name or id, and JSON errors that
-say what is wrong and where, in one shape: {"error": {"code", "message", "type", ...}}."""
+"""Shared REST API pieces: one paginated response, one way to answer with a stored object (and a detail view of it),
+fields that take a row by name or id, and JSON errors that say what is wrong and where, in one shape:
+{"error": {"code", "message", "type", ...}}."""
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
@@ -19,6 +20,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework_dataclasses.serializers import DataclassSerializer
 
+from avengers_web.errors import found_or_404
 from avengers_web.service_errors import ServiceError
 
 # Paths whose errors are answered in the API's JSON shape, whatever raised them.
@@ -56,6 +58,38 @@ class PayloadTooLarge(exceptions.APIException):
 class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 500
+
+
+Row = TypeVar("Row")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored(Generic[Row]):
+    """One kind of stored object as the API answers with it: found by its selector (a 404 when that finds nothing)
+    and shown by its output serializer."""
+
+    find: Callable[[int], Row | None]  # a selector: pk -> the row, or None
+    output: type[serializers.BaseSerializer]
+
+    def get(self, pk: int) -> Row:
+        """The row, or the API's 404."""
+        return found_or_404(self.find(pk))
+
+    def response(self, pk: int, code: int = 200) -> Response:
+        """Answer with the row as the database holds it now (after a service changed it: fresh counts and status)."""
+        return Response(self.output(self.get(pk)).data, status=code)
+
+
+class StoredDetailApi(APIView):
+    # GET answers with one stored object; a subclass says which kind (``stored``) and names the operation; the schema
+    # reads the output from ``get_serializer_class``.
+    stored: ClassVar[Stored[Any]]
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        return self.stored.output
+
+    def get(self, request: Request, pk: int) -> Response:
+        return self.stored.response(pk)
 
 
 # An API answer that is a service's or selector's dataclass: the dataclass's fields are the serializer's (a subclass

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web import roles
-from avengers_web.api import DataclassOutput, FileValidationError, NameOrIdField, NamesOrIdsField, Pagination, paginate
+from avengers_web.api import (DataclassOutput, FileValidationError, NameOrIdField, NamesOrIdsField, Pagination, Stored,
+                             StoredDetailApi, paginate)
 from avengers_web.errors import found_or_404
 from avengers_web.routes import Routes
 from evaluation import selectors, services
@@ -106,7 +107,8 @@ class DatasetListCreateApi(APIView):
 
 
 @endpoints("datasets/<int:pk>", name="api-dataset-detail")
-class DatasetDetailApi(APIView):
+@extend_schema_view(get=extend_schema(operation_id="datasets_retrieve"))
+class DatasetDetailApi(StoredDetailApi):
     write_permissions = {"PATCH": roles.EDIT_DATASET}
 
     class DatasetDetailOutput(DatasetOutput):
@@ -125,19 +127,16 @@ class DatasetDetailApi(APIView):
             help_text="Task type -> template containing {query}; used for this dataset's queries unless the model "
                       "has its own.")
 
-    @extend_schema(operation_id="datasets_retrieve", responses=DatasetDetailOutput)
-    def get(self, request: Request, pk: int) -> Response:
-        dataset = found_or_404(selectors.dataset_get(pk))
-        return Response(self.DatasetDetailOutput(dataset).data)
+    stored = Stored(selectors.dataset_get, DatasetDetailOutput)
 
     @extend_schema(operation_id="datasets_partial_update", request=DatasetUpdateInput, responses=DatasetDetailOutput)
     def patch(self, request: Request, pk: int) -> Response:
-        dataset = found_or_404(selectors.dataset_get(pk))
+        dataset = self.stored.get(pk)
         roles.require(request.user, roles.EDIT_DATASET, dataset)
         serializer = self.DatasetUpdateInput(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         services.dataset_update(dataset=dataset, user=request.user, **serializer.validated_data)
-        return Response(self.DatasetDetailOutput(selectors.dataset_get(pk)).data)
+        return self.stored.response(pk)
 
 
 class QueryOutput(serializers.ModelSerializer):
@@ -172,7 +171,8 @@ class DatasetQueriesApi(APIView):
 
 
 @endpoints("imports/<int:pk>", name="api-import-detail")
-class DatasetImportDetailApi(APIView):
+@extend_schema_view(get=extend_schema(operation_id="imports_retrieve"))
+class DatasetImportDetailApi(StoredDetailApi):
     class ImportOutput(serializers.ModelSerializer):
         errors = serializers.ListField(child=serializers.DictField())
         summary = serializers.DictField()
@@ -183,10 +183,7 @@ class DatasetImportDetailApi(APIView):
                       "summary", "created_at", "finished_at"]
             read_only_fields = fields
 
-    @extend_schema(operation_id="imports_retrieve", responses=ImportOutput)
-    def get(self, request: Request, pk: int) -> Response:
-        job = found_or_404(selectors.import_get(pk))
-        return Response(self.ImportOutput(job).data)
+    stored = Stored(selectors.import_get, ImportOutput)
 
 
 class ModelOutput(serializers.ModelSerializer):
@@ -239,6 +236,9 @@ class ModelInput(serializers.Serializer):
             raise serializers.ValidationError(f"The URL {exc}.") from None
 
 
+MODELS: Stored[LanguageModel] = Stored(selectors.model_get, ModelOutput)
+
+
 @endpoints("models", name="api-models")
 class ModelListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
@@ -256,31 +256,28 @@ class ModelListCreateApi(APIView):
         serializer = ModelInput(data=request.data)
         serializer.is_valid(raise_exception=True)
         model = services.model_create(user=request.user, **serializer.validated_data)
-        return Response(ModelOutput(selectors.model_get(model.pk)).data, status=status.HTTP_201_CREATED)
+        return MODELS.response(model.pk, status.HTTP_201_CREATED)
 
 
 @endpoints("models/<int:pk>", name="api-model-detail")
-class ModelDetailApi(APIView):
+@extend_schema_view(get=extend_schema(operation_id="models_retrieve"))
+class ModelDetailApi(StoredDetailApi):
     write_permissions = {"PATCH": roles.EDIT_MODEL, "DELETE": roles.EDIT_MODEL}
-
-    @extend_schema(operation_id="models_retrieve", responses=ModelOutput)
-    def get(self, request: Request, pk: int) -> Response:
-        model = found_or_404(selectors.model_get(pk))
-        return Response(ModelOutput(model).data)
+    stored = MODELS
 
     @extend_schema(operation_id="models_partial_update", request=ModelInput(partial=True), responses=ModelOutput)
     def patch(self, request: Request, pk: int) -> Response:
-        model = found_or_404(selectors.model_get(pk))
+        model = MODELS.get(pk)
         roles.require(request.user, roles.EDIT_MODEL, model)
         serializer = ModelInput(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         services.model_update(model=model, user=request.user, **serializer.validated_data)
-        return Response(ModelOutput(selectors.model_get(pk)).data)
+        return MODELS.response(pk)
 
     @extend_schema(operation_id="models_deactivate", responses={204: None},
                    description="Deactivate the model. Its responses and grades are kept; PATCH is_active to undo.")
     def delete(self, request: Request, pk: int) -> Response:
-        model = found_or_404(selectors.model_get(pk))
+        model = MODELS.get(pk)
         roles.require(request.user, roles.EDIT_MODEL, model)
         services.model_set_active(model=model, user=request.user, active=False)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -298,7 +295,7 @@ class ModelTestConnectionApi(APIView):
 
     @extend_schema(operation_id="models_test_connection", request=None, responses=ConnectionCheckOutput)
     def post(self, request: Request, pk: int) -> Response:
-        model = found_or_404(selectors.model_get(pk))
+        model = MODELS.get(pk)
         roles.require(request.user, roles.EDIT_MODEL, model)
         result = services.model_test_connection(model=model, user=request.user)
         return Response(self.ConnectionCheckOutput({"ok": result.ok, "message": result.message, "models": list(result.models),

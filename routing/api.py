@@ -13,8 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web import roles
-from avengers_web.api import Pagination, paginate
-from avengers_web.errors import found_or_404
+from avengers_web.api import Pagination, Stored, StoredDetailApi, paginate
 from avengers_web.routes import Routes
 from evaluation.api import dataset_field, datasets_field, model_field, models_field
 from routing import embedding_jobs, selectors, services
@@ -22,15 +21,6 @@ from routing.core.router import ROUTERS
 from routing.models import EmbeddingJob, RouterSnapshot, SnapshotProfile
 
 endpoints = Routes()
-
-
-def _snapshot_or_404(pk: int) -> RouterSnapshot:
-    return found_or_404(selectors.snapshot_get(pk))
-
-
-def _snapshot_as_stored(pk: int, code: int = status.HTTP_200_OK) -> Response:
-    """Answer with the snapshot as the database holds it now (after a build, a derivation or an activation)."""
-    return Response(SnapshotOutput(_snapshot_or_404(pk)).data, status=code)
 
 
 class SnapshotOutput(serializers.ModelSerializer):
@@ -85,6 +75,9 @@ class AddDatasetInput(serializers.Serializer):
     dataset = dataset_field(help_text="Dataset name or id.")
 
 
+SNAPSHOTS: Stored[RouterSnapshot] = Stored(selectors.snapshot_get, SnapshotOutput)
+
+
 @endpoints("snapshots", name="api-snapshots")
 class SnapshotListCreateApi(APIView):
     pagination_class = Pagination  # its GET is a page: the schema documents it so
@@ -107,19 +100,18 @@ class SnapshotListCreateApi(APIView):
             team_size=data.get("team_size"), team=data.get("team"), label=data["label"], user=request.user,
             router=data["router"], router_params=data["router_params"],
         )
-        return _snapshot_as_stored(snapshot.pk, status.HTTP_201_CREATED)
+        return SNAPSHOTS.response(snapshot.pk, status.HTTP_201_CREATED)
 
 
 @endpoints("snapshots/<int:pk>", name="api-snapshot-detail")
-class SnapshotDetailApi(APIView):
-    @extend_schema(operation_id="snapshots_retrieve", responses=SnapshotOutput)
-    def get(self, request: Request, pk: int) -> Response:
-        return _snapshot_as_stored(pk)
+@extend_schema_view(get=extend_schema(operation_id="snapshots_retrieve"))
+class SnapshotDetailApi(StoredDetailApi):
+    stored = SNAPSHOTS
 
 
 def _derive(request: Request, pk: int, action: Callable[..., RouterSnapshot], **arguments: Any) -> Response:
-    result = action(snapshot=_snapshot_or_404(pk), user=request.user, **arguments)
-    return _snapshot_as_stored(result.pk, status.HTTP_200_OK if result.pk == pk else status.HTTP_201_CREATED)
+    result = action(snapshot=SNAPSHOTS.get(pk), user=request.user, **arguments)
+    return SNAPSHOTS.response(result.pk, status.HTTP_200_OK if result.pk == pk else status.HTTP_201_CREATED)
 
 
 @endpoints("snapshots/<int:pk>/activate", name="api-snapshot-activate")
@@ -129,7 +121,7 @@ class SnapshotActivateApi(APIView):
     @extend_schema(operation_id="snapshots_activate", request=None, responses=SnapshotOutput,
                    description="Make this snapshot the one routing uses; the activation is recorded with who and when.")
     def post(self, request: Request, pk: int) -> Response:
-        roles.require(request.user, roles.ACTIVATE_SNAPSHOT, _snapshot_or_404(pk))
+        roles.require(request.user, roles.ACTIVATE_SNAPSHOT, SNAPSHOTS.get(pk))
         return _derive(request, pk, services.snapshot_activate)
 
 
@@ -192,7 +184,7 @@ class SnapshotClustersApi(APIView):
     @extend_schema(operation_id="snapshots_clusters_list", responses=ClusterOutput(many=True),
                    description="Every cluster with its size, datasets and the models ranked by score.")
     def get(self, request: Request, pk: int) -> Response:
-        snapshot = _snapshot_or_404(pk)
+        snapshot = SNAPSHOTS.get(pk)
         boards: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for row in (SnapshotProfile.objects.filter(snapshot=snapshot).order_by("cluster", "rank", "model__name")
                     .values("cluster", "model__name", "rank", "n", "mean", "estimate")):
@@ -218,7 +210,7 @@ class SnapshotProfilesApi(APIView):
     @extend_schema(operation_id="snapshots_profiles_list", responses=ProfileOutput(many=True),
                    parameters=[OpenApiParameter("model", str, description="Only this model's profile.")])
     def get(self, request: Request, pk: int) -> Response:
-        profiles = SnapshotProfile.objects.filter(snapshot=_snapshot_or_404(pk)).select_related("model")
+        profiles = SnapshotProfile.objects.filter(snapshot=SNAPSHOTS.get(pk)).select_related("model")
         model = request.query_params.get("model", "")
         if model:
             profiles = profiles.filter(model__name=model)
@@ -238,7 +230,7 @@ class SnapshotHeldoutApi(APIView):
                    description="Accuracy on the test split of the snapshot's datasets (the stored scores, no "
                                "generation), next to best single, best per dataset, random and oracle.")
     def get(self, request: Request, pk: int) -> Response:
-        snapshot = _snapshot_or_404(pk)
+        snapshot = SNAPSHOTS.get(pk)
         heldout = snapshot.heldout or {}
         return Response(HeldoutOutput({"snapshot": snapshot.pk, "test_queries": heldout.get("test_queries", 0),
                                        "methods": heldout.get("methods", {})}).data)
@@ -277,8 +269,6 @@ class EmbeddingJobCreateApi(APIView):
 
 
 @endpoints("embedding-jobs/<int:pk>", name="api-embedding-job-detail")
-class EmbeddingJobDetailApi(APIView):
-    @extend_schema(operation_id="embedding_jobs_retrieve", responses=EmbeddingJobOutput)
-    def get(self, request: Request, pk: int) -> Response:
-        job = found_or_404(EmbeddingJob.objects.filter(pk=pk).first())
-        return Response(EmbeddingJobOutput(job).data)
+@extend_schema_view(get=extend_schema(operation_id="embedding_jobs_retrieve"))
+class EmbeddingJobDetailApi(StoredDetailApi):
+    stored = Stored(selectors.embedding_job_get, EmbeddingJobOutput)

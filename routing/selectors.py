@@ -10,6 +10,7 @@ from django.db.models.functions import MD5, Cast
 
 from evaluation.models import Dataset, LanguageModel
 from routing.models import (
+    EmbeddingJob,
     RouterSnapshot,
     SnapshotActivation,
     SnapshotCluster,
@@ -47,6 +48,10 @@ def snapshot_list() -> QuerySet[RouterSnapshot]:
 
 def snapshot_get(pk: int) -> RouterSnapshot | None:
     return snapshot_list().filter(pk=pk).first()
+
+
+def embedding_job_get(pk: int) -> EmbeddingJob | None:
+    return EmbeddingJob.objects.prefetch_related("datasets").filter(pk=pk).first()
 
 
 def snapshot_active() -> RouterSnapshot | None:

@@ -11,8 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from avengers_web import roles
-from avengers_web.api import DataclassOutput, Pagination, paginate
-from avengers_web.errors import found_or_404
+from avengers_web.api import DataclassOutput, Pagination, Stored, StoredDetailApi, paginate
 from avengers_web.routes import Routes
 from evaluation import selectors
 from evaluation.api import dataset_field, models_field
@@ -75,13 +74,7 @@ class RunCreateInput(serializers.Serializer):
                                           help_text="Queries per unit of work a worker claims.")
 
 
-def _run_or_404(pk: int) -> EvaluationRun:
-    return found_or_404(selectors.run_get(pk))
-
-
-def _run_as_stored(pk: int, code: int = status.HTTP_200_OK) -> Response:
-    """Answer with the run as the database holds it now (after a service changed it: fresh counts and status)."""
-    return Response(RunOutput(_run_or_404(pk)).data, status=code)
+RUNS: Stored[EvaluationRun] = Stored(selectors.run_get, RunOutput)
 
 
 @endpoints("evaluations", name="api-evaluations")
@@ -106,14 +99,13 @@ class RunListCreateApi(APIView):
             params=data["params"], use_cache=data["use_cache"], limit=data.get("limit"), batch_size=data["batch_size"],
             user=request.user,
         )
-        return _run_as_stored(run.pk, status.HTTP_201_CREATED)
+        return RUNS.response(run.pk, status.HTTP_201_CREATED)
 
 
 @endpoints("evaluations/<int:pk>", name="api-evaluation-detail")
-class RunDetailApi(APIView):
-    @extend_schema(operation_id="evaluations_retrieve", responses=RunOutput)
-    def get(self, request: Request, pk: int) -> Response:
-        return _run_as_stored(pk)
+@extend_schema_view(get=extend_schema(operation_id="evaluations_retrieve"))
+class RunDetailApi(StoredDetailApi):
+    stored = RUNS
 
 
 class _RunControlApi(APIView):
@@ -125,10 +117,10 @@ class _RunControlApi(APIView):
 
     @extend_schema(request=None, responses=RunOutput)
     def post(self, request: Request, pk: int) -> Response:
-        run = _run_or_404(pk)
+        run = RUNS.get(pk)
         roles.require(request.user, roles.CONTROL_RUN, run)
         type(self).change(run=run, user=request.user)
-        return _run_as_stored(pk)
+        return RUNS.response(pk)
 
 
 @endpoints("evaluations/<int:pk>/cancel", name="api-evaluation-cancel")
@@ -172,7 +164,7 @@ class RunSamplesApi(APIView):
         OpenApiParameter("search", str, description="Substring of the query id, query, response or extracted answer."),
     ])
     def get(self, request: Request, pk: int) -> Response:
-        run = _run_or_404(pk)
+        run = RUNS.get(pk)
         verdict = request.query_params.get("verdict", "")
         if verdict not in ("", "correct", "wrong", "ungraded", "failed"):
             raise serializers.ValidationError({"verdict": ["must be correct, wrong, ungraded or failed"]})
