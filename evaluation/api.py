@@ -206,6 +206,9 @@ class ModelOutput(serializers.ModelSerializer):
         return bool(obj.api_key)
 
 
+MODELS: Stored[LanguageModel] = Stored(selectors.model_get, ModelOutput)
+
+
 class ModelInput(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     base_url = serializers.CharField(required=False, allow_blank=True, max_length=500,
@@ -234,9 +237,6 @@ class ModelInput(serializers.Serializer):
             return normalise_base_url(value)
         except ValueError as exc:
             raise serializers.ValidationError(f"The URL {exc}.") from None
-
-
-MODELS: Stored[LanguageModel] = Stored(selectors.model_get, ModelOutput)
 
 
 @endpoints("models", name="api-models")

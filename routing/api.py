@@ -46,6 +46,9 @@ class SnapshotOutput(serializers.ModelSerializer):
         return sorted(m.name for m in snapshot.pool.all())
 
 
+SNAPSHOTS: Stored[RouterSnapshot] = Stored(selectors.snapshot_get, SnapshotOutput)
+
+
 class SnapshotCreateInput(serializers.Serializer):
     datasets = datasets_field(min_length=1, help_text="Dataset names or ids.")
     models = models_field(min_length=1, help_text="The pool: names or ids.")
@@ -73,9 +76,6 @@ class AddModelInput(serializers.Serializer):
 
 class AddDatasetInput(serializers.Serializer):
     dataset = dataset_field(help_text="Dataset name or id.")
-
-
-SNAPSHOTS: Stored[RouterSnapshot] = Stored(selectors.snapshot_get, SnapshotOutput)
 
 
 @endpoints("snapshots", name="api-snapshots")

@@ -59,6 +59,9 @@ class RunOutput(serializers.ModelSerializer):
         return ProgressOutput(selectors.run_progress(run)).data
 
 
+RUNS: Stored[EvaluationRun] = Stored(selectors.run_get, RunOutput)
+
+
 class RunCreateInput(serializers.Serializer):
     dataset = dataset_field(help_text="Dataset name or id.")
     models = models_field(min_length=1, help_text="Model names or ids.")
@@ -72,9 +75,6 @@ class RunCreateInput(serializers.Serializer):
                                      help_text="Only the first N queries of the split.")
     batch_size = serializers.IntegerField(default=services.DEFAULT_BATCH_SIZE, min_value=1, max_value=services.MAX_BATCH_SIZE,
                                           help_text="Queries per unit of work a worker claims.")
-
-
-RUNS: Stored[EvaluationRun] = Stored(selectors.run_get, RunOutput)
 
 
 @endpoints("evaluations", name="api-evaluations")

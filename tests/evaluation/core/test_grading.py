@@ -316,29 +316,25 @@ def test_it_takes_the_best_of_several_gold_aliases() -> None:
 # --- exact ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("answer", "gold"), [
-    ('{"answer": "bcksrutq"}', "'bcksrutq'"),
-    ('{"answer": "\'bcksrutq\'"}', "'bcksrutq'"),
-    ('{"answer": "[1,2]"}', "[1, 2]"),
-    ('{"answer": "{\\"b\\": 1, \\"a\\": 2}"}', "{'a': 2, 'b': 1}"),
-    ('{"answer": "8.50"}', "8.5"),
-    ('{"answer": ""}', "''"),
-    ('{"answer": "   7   "}', "'   7   '"),
-    ('{"answer": "123314"}', "'123314'"),
-    ("Answer: True", "True"),
+# The answer and the gold are compared as Python values: quotes, spacing and key order do not count; type and case do.
+@pytest.mark.parametrize(("answer", "gold", "correct"), [
+    ('{"answer": "bcksrutq"}', "'bcksrutq'", True),
+    ('{"answer": "\'bcksrutq\'"}', "'bcksrutq'", True),
+    ('{"answer": "[1,2]"}', "[1, 2]", True),
+    ('{"answer": "{\\"b\\": 1, \\"a\\": 2}"}', "{'a': 2, 'b': 1}", True),
+    ('{"answer": "8.50"}', "8.5", True),
+    ('{"answer": ""}', "''", True),
+    ('{"answer": "   7   "}', "'   7   '", True),
+    ('{"answer": "123314"}', "'123314'", True),
+    ("Answer: True", "True", True),
+    ('{"answer": "\'[1, 2]\'"}', "[1, 2]", False),  # a string is not a list
+    ('{"answer": "1"}', "1.0", False),  # an int is not a float
+    ('{"answer": "abc"}', "'Abc'", False),  # case counts
+    ('{"answer": "\'{\'a\': 1}\'"}', "{'a': 1}", False),  # a string is not a dict
 ])
-def test_it_compares_exact_answers_as_python_values(answer: str, gold: str) -> None:
-    assert grade("exact", answer, gold).correct
-
-
-@pytest.mark.parametrize(("answer", "gold"), [
-    ('{"answer": "\'[1, 2]\'"}', "[1, 2]"),
-    ('{"answer": "1"}', "1.0"),
-    ('{"answer": "abc"}', "'Abc'"),
-    ('{"answer": "\'{\'a\': 1}\'"}', "{'a': 1}"),
-])
-def test_it_keeps_types_and_case_in_exact_answers(answer: str, gold: str) -> None:
-    assert not grade("exact", answer, gold).correct
+def test_it_compares_exact_answers_as_python_values_keeping_types_and_case(answer: str, gold: str,
+                                                                          correct: bool) -> None:
+    assert grade("exact", answer, gold).correct is correct
 
 
 def test_it_normalises_exact_answers_for_voting() -> None:

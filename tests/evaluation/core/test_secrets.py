@@ -34,6 +34,6 @@ def test_placeholder_keys_too_short_to_be_secret_leave_the_text_alone() -> None:
     ("https://token@[fd00::1]:8443/v1", "https://[fd00::1]:8443/v1"),
     ("http://gpu1:8000/v1", "http://gpu1:8000/v1"),
     ("", ""),
-])
+], ids=["user and password", "token on an IPv6 host", "no credentials", "empty"])  # ids, not the URLs' secrets
 def test_urls_are_shown_without_credentials(url: str, expected: str) -> None:
     assert url_without_credentials(url) == expected
