@@ -232,9 +232,10 @@ class SnapshotQuery(_WrittenOnce):
 class SnapshotProfile(_WrittenOnce):
     """A model's capability in one cluster: scored train queries, mean score, robust estimate and rank."""
 
+    # In the order rows are read (Meta.ordering) and the admin lists them: snapshot, cluster, then model.
     snapshot = models.ForeignKey(RouterSnapshot, on_delete=models.CASCADE, related_name="profiles")
-    model = models.ForeignKey(LanguageModel, on_delete=models.CASCADE, related_name="profiles")
     cluster = models.PositiveIntegerField()
+    model = models.ForeignKey(LanguageModel, on_delete=models.CASCADE, related_name="profiles")
     n = models.PositiveIntegerField()
     mean = models.FloatField(null=True, blank=True)
     estimate = models.FloatField(null=True, blank=True)
