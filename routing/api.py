@@ -109,9 +109,10 @@ class SnapshotDetailApi(StoredDetailApi):
     stored = SNAPSHOTS
 
 
-def _derive(request: Request, pk: int, action: Callable[..., RouterSnapshot], **arguments: Any) -> Response:
-    result = action(snapshot=SNAPSHOTS.get(pk), user=request.user, **arguments)
-    return SNAPSHOTS.response(result.pk, status.HTTP_200_OK if result.pk == pk else status.HTTP_201_CREATED)
+def _derive(request: Request, snapshot: RouterSnapshot, action: Callable[..., RouterSnapshot],
+            **arguments: Any) -> Response:
+    result = action(snapshot=snapshot, user=request.user, **arguments)
+    return SNAPSHOTS.response(result.pk, status.HTTP_200_OK if result.pk == snapshot.pk else status.HTTP_201_CREATED)
 
 
 @endpoints("snapshots/<int:pk>/activate", name="api-snapshot-activate")
@@ -121,8 +122,9 @@ class SnapshotActivateApi(APIView):
     @extend_schema(operation_id="snapshots_activate", request=None, responses=SnapshotOutput,
                    description="Make this snapshot the one routing uses; the activation is recorded with who and when.")
     def post(self, request: Request, pk: int) -> Response:
-        roles.require(request.user, roles.ACTIVATE_SNAPSHOT, SNAPSHOTS.get(pk))
-        return _derive(request, pk, services.snapshot_activate)
+        snapshot = SNAPSHOTS.get(pk)
+        roles.require(request.user, roles.ACTIVATE_SNAPSHOT, snapshot)
+        return _derive(request, snapshot, services.snapshot_activate)
 
 
 class _DeriveApi(APIView):
@@ -138,7 +140,7 @@ class _DeriveApi(APIView):
     def post(self, request: Request, pk: int) -> Response:
         serializer = self.serializer_class(data=request.data)
         serializer.is_valid(raise_exception=True)
-        return _derive(request, pk, type(self).derive, **serializer.validated_data)
+        return _derive(request, SNAPSHOTS.get(pk), type(self).derive, **serializer.validated_data)
 
 
 @endpoints("snapshots/<int:pk>/add-model", name="api-snapshot-add-model")

@@ -18,12 +18,13 @@ STORED = Stored(POINTS.get, PointOutput)
 
 
 def test_it_answers_with_the_row_as_found_now_and_the_given_status() -> None:
-    assert STORED.get(7) == {"x": 3}
-    POINTS[8] = {"x": 1}
-    response = STORED.response(8, 201)
+    rows = {8: {"x": 1}}
+    stored = Stored(rows.get, PointOutput)
+    assert stored.get(8) == {"x": 1}
+    response = stored.response(8, 201)
     assert response.status_code == 201 and response.data == {"x": 1}
-    POINTS[8]["x"] = 2  # a service changed it: the next answer reads it again
-    assert STORED.response(8).data == {"x": 2} and STORED.response(8).status_code == 200
+    rows[8]["x"] = 2  # a service changed it: the next answer reads it again
+    assert stored.response(8).data == {"x": 2} and stored.response(8).status_code == 200
 
 
 def test_a_row_the_selector_does_not_find_is_a_404() -> None:
